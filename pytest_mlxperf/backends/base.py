@@ -1,0 +1,66 @@
+"""The small interface every backend implements, and the raw record of one repetition."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+from pytest_mlxperf.workload import Workload
+
+
+class BackendError(RuntimeError):
+    """A backend failed, or cannot do what was asked; the message says which and why."""
+
+
+@dataclass
+class RawSample:
+    """Timestamps (``time.perf_counter`` seconds) and counts of one timed repetition.
+
+    ``t_tokens[i]`` is when generated token ``i`` was ready (synchronized), so ``t_tokens[0]``
+    is the first token and metrics are derived from these, never from backend summaries.
+    """
+
+    t_start: float
+    t_tokens: list[float]
+    t_end: float
+    tokens: list[int]
+    peak_memory: int
+    backend_counters: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def generated(self) -> int:
+        return len(self.tokens)
+
+
+class LoadedModel(abc.ABC):
+    """A model loaded by one backend, ready to run repetitions of a workload."""
+
+    backend: str
+    identity: dict[str, Any]
+    load_time: float
+    vocab_size: int
+    context_length: int
+
+    @abc.abstractmethod
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text``, without BOS (used for prompts read from a file)."""
+
+    @abc.abstractmethod
+    def run(self, prompt: list[int], context: list[int], workload: Workload) -> RawSample:
+        """One repetition on a fresh KV cache: prefill ``context`` (untimed: the context
+        depth), then time the prefill of ``prompt`` and the decode of exactly
+        ``workload.generation_tokens`` tokens with EOS disabled."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends free on GC
+        """Release the model's memory."""
+
+    def check_workload(self, workload: Workload) -> None:
+        """Reject a workload this model cannot run, before anything is timed."""
+        limit = min(self.context_length, workload.max_kv_size or self.context_length)
+        if workload.total_tokens > limit:
+            raise BackendError(
+                f"workload {workload.label} needs {workload.total_tokens} tokens of context "
+                f"(depth {workload.depth} + prompt {workload.prompt_tokens} + generation "
+                f"{workload.generation_tokens}), but the model's context / max KV size is {limit}"
+            )

@@ -1,0 +1,131 @@
+"""The llama.cpp backend, through llama-cpp-python.
+
+Each repetition runs on an emptied KV cache (``Llama.reset()`` alone keeps the cells, and
+``Llama.generate`` would silently reuse a matching prefix), evaluates the prompt once with
+``Llama.eval`` and then one token at a time, so what is timed is exactly one prefill and
+``generation_tokens - 1`` decodes. llama.cpp's own perf counters are kept beside our
+timestamps to check them. Context size, batch size, flash attention, threads and GPU layers
+are context settings in llama.cpp: the ``Llama`` object is rebuilt when a workload changes them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pytest_mlxperf import memory
+from pytest_mlxperf.backends.base import BackendError, LoadedModel, RawSample
+from pytest_mlxperf.sources import ResolvedSource
+from pytest_mlxperf.workload import Workload
+
+DEFAULT_N_BATCH = 512
+
+
+def _settings(workload: Workload | None) -> tuple[Any, ...]:
+    """The ``Llama(...)`` arguments a workload fixes: (n_ctx, n_batch, flash_attn, threads,
+    n_gpu_layers). Unset values are explicit defaults, never llama-cpp-python's silent ones."""
+    if workload is None:
+        return (512, DEFAULT_N_BATCH, False, None, 0)
+    n_ctx = workload.max_kv_size or workload.total_tokens
+    return (
+        n_ctx,
+        workload.prefill_step or DEFAULT_N_BATCH,
+        bool(workload.flash_attn),
+        workload.threads,
+        workload.n_gpu_layers or 0,
+    )
+
+
+class LlamaCppModel(LoadedModel):
+    backend = "llamacpp"
+
+    def __init__(self, resolved: ResolvedSource) -> None:
+        self._path = str(resolved.path)
+        self._llama: Any = None
+        self._key: tuple[Any, ...] | None = None
+        t0 = time.perf_counter()
+        llm = self._instance(None)
+        self.load_time = time.perf_counter() - t0
+        meta = llm.metadata
+        arch = meta.get("general.architecture", "")
+        self.vocab_size = llm.n_vocab()
+        self.context_length = int(meta.get(f"{arch}.context_length", llm._model.n_ctx_train()))
+        self.identity = resolved.identity(
+            "llamacpp", quantization=llm._model.desc(), file_type=meta.get("general.file_type")
+        )
+
+    def _instance(self, workload: Workload | None) -> Any:
+        key = _settings(workload)
+        if key != self._key:
+            from llama_cpp import Llama
+
+            n_ctx, n_batch, flash_attn, threads, n_gpu_layers = key
+            self._llama = None  # free the old context before allocating the new one
+            try:
+                self._llama = Llama(
+                    model_path=self._path,
+                    n_ctx=n_ctx,
+                    n_batch=n_batch,
+                    n_ubatch=n_batch,
+                    flash_attn=flash_attn,
+                    n_threads=threads,
+                    n_threads_batch=threads,
+                    n_gpu_layers=n_gpu_layers,
+                    verbose=False,
+                )
+            except ValueError as exc:
+                raise BackendError(f"llama.cpp could not load {self._path}: {exc}") from exc
+            self._key = key
+        return self._llama
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._instance(None).tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def run(self, prompt: list[int], context: list[int], workload: Workload) -> RawSample:
+        import llama_cpp
+
+        llm = self._instance(workload)
+        llm.reset()
+        llm._ctx.kv_cache_clear()
+        llm.set_seed(workload.seed)
+        sample_args = {
+            "temp": workload.temp,
+            "top_p": workload.top_p,
+            "top_k": 0,
+            "min_p": 0.0,
+            "repeat_penalty": 1.0,
+        }
+        memory.reset_peak()
+        if context:
+            llm.eval(context)
+        llama_cpp.llama_perf_context_reset(llm.ctx)
+        tokens: list[int] = []
+        stamps: list[float] = []
+        t_start = time.perf_counter()
+        llm.eval(prompt)
+        # sampling reads the logits, which synchronizes with the backend: the stamp is real
+        token = llm.sample(**sample_args)
+        stamps.append(time.perf_counter())
+        tokens.append(token)
+        for _ in range(workload.generation_tokens - 1):
+            llm.eval([token])
+            token = llm.sample(**sample_args)
+            stamps.append(time.perf_counter())
+            tokens.append(token)
+        t_end = time.perf_counter()
+        perf = llama_cpp.llama_perf_context(llm.ctx)
+        counters = {
+            name: float(getattr(perf, name))
+            for name in ("t_p_eval_ms", "n_p_eval", "t_eval_ms", "n_eval")
+        }
+        return RawSample(t_start, stamps, t_end, tokens, memory.peak(), counters)
+
+    def close(self) -> None:
+        if self._llama is not None:
+            self._llama.close()
+        self._llama = None
+        self._key = None
+
+
+def load(resolved: ResolvedSource) -> LlamaCppModel:
+    return LlamaCppModel(resolved)

@@ -1,0 +1,104 @@
+"""The MLX backend: ``mlx_lm.load`` and ``mlx_lm.generate.generate_step``.
+
+``generate_step`` is used directly rather than ``stream_generate`` because it does not stop at
+EOS: the amount of work must not depend on what the model says. Peak memory is MLX's own
+allocator peak, reset before each repetition.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from pytest_mlxperf.backends.base import BackendError, LoadedModel, RawSample
+from pytest_mlxperf.sources import ResolvedSource
+from pytest_mlxperf.workload import Workload
+
+LLAMACPP_ONLY = ("flash_attn", "threads", "n_gpu_layers")
+
+
+def _memory_api(mx: Any) -> tuple[Any, Any]:
+    """(reset_peak_memory, get_peak_memory): top-level on new mlx, ``mx.metal`` on old."""
+    if hasattr(mx, "reset_peak_memory"):
+        return mx.reset_peak_memory, mx.get_peak_memory
+    return mx.metal.reset_peak_memory, mx.metal.get_peak_memory
+
+
+class MLXModel(LoadedModel):
+    backend = "mlx"
+
+    def __init__(self, resolved: ResolvedSource) -> None:
+        import mlx.core as mx
+        from mlx.utils import tree_flatten
+        from mlx_lm import load
+
+        self._mx = mx
+        t0 = time.perf_counter()
+        self.model, self.tokenizer = load(str(resolved.path))
+        self.load_time = time.perf_counter() - t0
+        config = json.loads((Path(resolved.path) / "config.json").read_text())
+        quant = config.get("quantization") or config.get("quantization_config")
+        self.vocab_size = int(config["vocab_size"])
+        self.context_length = int(config.get("max_position_embeddings", 1 << 20))
+        dtypes = sorted({str(p.dtype) for _, p in tree_flatten(self.model.parameters())})
+        self.identity = resolved.identity(
+            "mlx",
+            quantization=(
+                {"bits": quant.get("bits"), "group_size": quant.get("group_size")}
+                if quant
+                else None
+            ),
+            dtypes=dtypes,
+        )
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def run(self, prompt: list[int], context: list[int], workload: Workload) -> RawSample:
+        set_fields = [f for f in LLAMACPP_ONLY if getattr(workload, f) is not None]
+        if set_fields:
+            raise BackendError(
+                f"workload option(s) {', '.join(set_fields)} apply to llama.cpp only"
+            )
+        mx = self._mx
+        from mlx_lm.generate import generate_step, wired_limit
+        from mlx_lm.models.cache import make_prompt_cache
+        from mlx_lm.sample_utils import make_sampler
+
+        reset_peak, get_peak = _memory_api(mx)
+        step = workload.prefill_step or 2048
+        cache = make_prompt_cache(self.model, max_kv_size=workload.max_kv_size)
+        sampler = make_sampler(
+            temp=workload.temp, top_p=workload.top_p if workload.top_p < 1 else 0.0
+        )
+        mx.random.seed(workload.seed)
+        reset_peak()
+        with wired_limit(self.model):
+            for i in range(0, len(context), step):
+                self.model(mx.array(context[i : i + step])[None], cache=cache)
+                mx.eval([c.state for c in cache])
+            tokens: list[int] = []
+            stamps: list[float] = []
+            t_start = time.perf_counter()
+            for token, _ in generate_step(
+                mx.array(prompt),
+                self.model,
+                max_tokens=workload.generation_tokens,
+                sampler=sampler,
+                prompt_cache=cache,
+                prefill_step_size=step,
+            ):
+                stamps.append(time.perf_counter())
+                tokens.append(int(token))
+            t_end = time.perf_counter()
+        return RawSample(t_start, stamps, t_end, tokens, int(get_peak()))
+
+    def close(self) -> None:
+        del self.model
+        self._mx.clear_cache()
+
+
+def load(resolved: ResolvedSource) -> MLXModel:
+    return MLXModel(resolved)

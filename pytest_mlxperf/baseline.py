@@ -1,0 +1,155 @@
+"""The baseline store: reviewable JSON files under ``baselines/``, one per test module.
+
+Each file maps an entry key (machine id + test + measurement) to an entry holding identity
+(machine, backend, model, workload), provenance and the raw per-repetition samples of every
+metric. Writes are read-merge-replace under a file lock with an atomic rename, so concurrent
+writers never lose each other's entries and a killed writer never leaves a half-written file.
+A file that cannot be read is reported (with its path, and line where JSON says so) and is
+never overwritten. Nothing here imports pytest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pytest_mlxperf.files import atomic_write
+
+SCHEMA_VERSION = 1
+ENTRY_FIELDS = {
+    "machine": dict,
+    "test": str,
+    "name": str,
+    "backend": str,
+    "model": dict,
+    "workload": dict,
+    "samples": dict,
+    "provenance": dict,
+}
+
+
+class BaselineError(Exception):
+    """A baseline file is unreadable or invalid; the message names the file and the problem."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"baseline file {path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+def entry_key(machine_id: str, measurement_key: str) -> str:
+    """The key of an entry in its file: the measurement on one machine."""
+    return f"{measurement_key} @ {machine_id}"
+
+
+def _round(value: float) -> float:
+    # Six significant digits: honest for timings, and keeps git diffs readable.
+    return float(f"{value:.6g}")
+
+
+def _check_entry(path: Path, key: str, entry: Any) -> None:
+    if not isinstance(entry, dict):
+        raise BaselineError(path, f"entry {key!r} is not a JSON object")
+    for field, kind in ENTRY_FIELDS.items():
+        if not isinstance(entry.get(field), kind):
+            raise BaselineError(
+                path, f"entry {key!r}: field {field!r} is missing or not a {kind.__name__}"
+            )
+    for metric, samples in entry["samples"].items():
+        if not isinstance(samples, list) or not samples:
+            raise BaselineError(
+                path, f"entry {key!r}: samples of {metric!r} must be a non-empty list"
+            )
+        for value in samples:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise BaselineError(
+                    path, f"entry {key!r}: sample {value!r} of {metric!r} is not a number"
+                )
+            if not math.isfinite(value) or value < 0:
+                raise BaselineError(
+                    path,
+                    f"entry {key!r}: sample {value!r} of {metric!r} is not a finite number >= 0",
+                )
+
+
+def read_file(path: Path) -> dict[str, dict[str, Any]]:
+    """The entries of one baseline file, validated; ``{}`` if the file does not exist."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BaselineError(path, f"cannot be read ({exc})") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BaselineError(
+            path, f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from exc
+    except RecursionError as exc:
+        raise BaselineError(path, "invalid JSON: nested too deeply") from exc
+    if not isinstance(data, dict):
+        raise BaselineError(path, "top level must be a JSON object")
+    schema = data.get("schema")
+    if schema != SCHEMA_VERSION:
+        raise BaselineError(
+            path,
+            f"schema version {schema!r}, but this pytest-mlxperf reads version {SCHEMA_VERSION}; "
+            "re-record it with --mlxperf-save-baselines after moving the file away",
+        )
+    entries = data.get("entries")
+    if not isinstance(entries, dict):
+        raise BaselineError(path, "'entries' is missing or not a JSON object")
+    for key, entry in entries.items():
+        _check_entry(path, key, entry)
+    return entries
+
+
+def _dump(entries: Mapping[str, Any]) -> str:
+    return (
+        json.dumps({"schema": SCHEMA_VERSION, "entries": entries}, indent=2, sort_keys=True) + "\n"
+    )
+
+
+class BaselineStore:
+    """Baselines under ``root``: one JSON file per test module."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path_for(self, nodeid: str) -> Path:
+        """``tests/perf/test_x.py::test_a[mlx]`` → ``<root>/tests.perf.test_x.json``."""
+        module = nodeid.split("::", 1)[0]
+        stem = module[:-3] if module.endswith(".py") else module
+        return self.root / (stem.replace("/", ".").replace("\\", ".") + ".json")
+
+    def find(
+        self, nodeid: str, measurement_key: str, machine_id: str
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The entry for this measurement on this machine, and the entries of the same
+        measurement recorded on other machines (so a mismatch can be reported, not ignored)."""
+        entries = read_file(self.path_for(nodeid))
+        own = entries.get(entry_key(machine_id, measurement_key))
+        prefix = f"{measurement_key} @ "
+        others = [e for k, e in entries.items() if k.startswith(prefix) and e is not own]
+        return own, others
+
+    def save(
+        self, nodeid: str, measurement_key: str, machine_id: str, entry: dict[str, Any]
+    ) -> Path:
+        """Add or replace one entry, keeping every other entry of the file."""
+        from filelock import FileLock
+
+        path = self.path_for(nodeid)
+        entry = dict(entry)
+        entry["samples"] = {m: [_round(v) for v in s] for m, s in entry["samples"].items()}
+        _check_entry(path, measurement_key, entry)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock", timeout=60):
+            entries = read_file(path)  # raises on a corrupt file, which is then left as it is
+            entries[entry_key(machine_id, measurement_key)] = entry
+            atomic_write(path, _dump(entries))
+        return path

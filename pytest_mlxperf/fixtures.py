@@ -1,0 +1,81 @@
+"""The fixture users touch: ``mlxperf`` loads models and measures them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pytest_mlxperf.backends import BackendUnavailable, LoadedModel
+from pytest_mlxperf.config import Settings, with_marker
+from pytest_mlxperf.session import PerfResult, PerfSession
+from pytest_mlxperf.workload import Workload
+
+DEFAULT_MODEL = "synth:tiny"
+SESSION_KEY = pytest.StashKey[PerfSession]()
+RESULTS_KEY = pytest.StashKey[list[PerfResult]]()
+SETTINGS_KEY = pytest.StashKey[Settings]()
+
+
+def item_settings(item: pytest.Item) -> Settings:
+    """The session settings overridden by the test's closest ``mlxperf`` marker."""
+    if SETTINGS_KEY not in item.stash:
+        session = item.config.stash[SESSION_KEY]
+        marker = item.get_closest_marker("mlxperf")
+        if marker is not None and marker.args:
+            raise TypeError(
+                f"mlxperf marker on {item.nodeid} takes keyword arguments only, got {marker.args!r}"
+            )
+        kwargs = marker.kwargs if marker is not None else {}
+        item.stash[SETTINGS_KEY] = with_marker(session.settings, kwargs, item.nodeid)
+    return item.stash[SETTINGS_KEY]
+
+
+class MlxPerf:
+    """Load models (once per session) and measure them; each measurement is judged against its
+    baseline and a regression fails the test that made it."""
+
+    def __init__(self, item: pytest.Item) -> None:
+        self._item = item
+        self._session = item.config.stash[SESSION_KEY]
+        self.settings = item_settings(item)
+
+    def load(self, backend: str, source: str = DEFAULT_MODEL) -> LoadedModel:
+        """Load ``source`` with ``backend`` ("mlx" or "llamacpp"). ``source`` is a local MLX
+        folder, a ``.gguf`` file, a Hugging Face repo id present in the local cache
+        (``org/name``, or ``org/name:FILE.gguf``), or a synthetic model (``synth:tiny``,
+        ``synth:llama-3.2-1b@4bit``, ``synth:tiny@Q8_0``). A backend that is not installed
+        skips the test with the command that installs it."""
+        try:
+            return self._session.load(backend, source)
+        except BackendUnavailable as exc:
+            pytest.skip(str(exc))
+
+    def measure(
+        self,
+        model: LoadedModel,
+        workload: Workload | None = None,
+        *,
+        name: str | None = None,
+        **workload_fields: Any,
+    ) -> PerfResult:
+        """Measure ``model`` on a workload (a ``Workload`` or its fields as keyword arguments,
+        e.g. ``prompt_tokens=512, generation_tokens=128``) and judge it against the baseline."""
+        if workload is not None and workload_fields:
+            raise TypeError("pass either a Workload or workload fields, not both")
+        unknown = sorted(set(workload_fields) - set(Workload.field_names()))
+        if unknown:
+            raise TypeError(
+                f"unknown workload field(s) {', '.join(unknown)}; "
+                f"known: {', '.join(Workload.field_names())}"
+            )
+        workload = workload or Workload(**workload_fields)
+        result = self._session.run(self._item.nodeid, model, workload, self.settings, name)
+        self._item.stash.setdefault(RESULTS_KEY, []).append(result)
+        return result
+
+
+@pytest.fixture
+def mlxperf(request: pytest.FixtureRequest) -> MlxPerf:
+    """Measure local-LLM inference performance; see ``MlxPerf``."""
+    return MlxPerf(request.node)

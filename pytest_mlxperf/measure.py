@@ -1,0 +1,114 @@
+"""The measurement protocol: prompt, warm-up, timed repetitions, metrics from raw timestamps.
+
+Independent of pytest, so the CLI and other harnesses can use it.
+
+Definitions (per repetition):
+- ``ttft`` = time from the start of prompt processing to the first generated token being ready;
+- ``prompt_tps`` = prompt tokens / ``ttft`` (mlx-lm's convention);
+- ``generation_tps`` = (generated - 1) / (t_last - t_first): steady decode, the first token
+  (which belongs to the prefill) excluded;
+- ``peak_memory`` = the backend's peak for that repetition alone (reset before it).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_mlxperf.backends.base import LoadedModel, RawSample
+from pytest_mlxperf.workload import Workload
+
+
+class MeasurementError(RuntimeError):
+    """The measurement did not do the work it was asked to do."""
+
+
+@dataclass
+class Measurement:
+    """Everything one ``measure`` call produced: identity, per-repetition metric samples, and
+    the raw timestamps they were derived from."""
+
+    backend: str
+    model: dict[str, Any]
+    workload: Workload
+    samples: dict[str, list[float]]
+    raw: list[RawSample] = field(repr=False)
+    warmup: int = 0
+    wall_time: float = 0.0
+
+
+def derive_metrics(raw: RawSample, prompt_tokens: int) -> dict[str, float]:
+    """The metrics of one repetition, from its timestamps."""
+    ttft = raw.t_tokens[0] - raw.t_start
+    decode = raw.t_tokens[-1] - raw.t_tokens[0]
+    return {
+        "prompt_tps": prompt_tokens / ttft,
+        "generation_tps": (raw.generated - 1) / decode,
+        "ttft": ttft,
+        "peak_memory": float(raw.peak_memory),
+    }
+
+
+def make_prompt(model: LoadedModel, workload: Workload) -> tuple[list[int], list[int]]:
+    """(context, prompt) token ids: ``depth`` tokens already in the cache, then the timed
+    prompt. Seeded random ids below the vocabulary size unless a prompt file is given."""
+    need = workload.depth + workload.prompt_tokens
+    if workload.prompt_file is not None:
+        ids = model.tokenize(Path(workload.prompt_file).read_text(encoding="utf-8"))
+        if len(ids) < need:
+            raise MeasurementError(
+                f"prompt_file {workload.prompt_file!r} has {len(ids)} tokens; the workload needs "
+                f"{need} (depth {workload.depth} + prompt {workload.prompt_tokens})"
+            )
+    else:
+        import numpy as np
+
+        rng = np.random.default_rng(workload.seed)
+        ids = rng.integers(0, model.vocab_size, size=need).tolist()
+    return ids[: workload.depth], ids[workload.depth : need]
+
+
+def measure(
+    model: LoadedModel,
+    workload: Workload,
+    *,
+    warmup: int = 1,
+    repetitions: int = 5,
+    cooldown: float = 0.0,
+) -> Measurement:
+    """Run ``warmup`` untimed repetitions of the same shape, then ``repetitions`` timed ones
+    (each on a fresh KV cache), and derive the metric samples."""
+    if repetitions < 1:
+        raise ValueError(f"repetitions must be >= 1 (got {repetitions})")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0 (got {warmup})")
+    model.check_workload(workload)
+    context, prompt = make_prompt(model, workload)
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        model.run(prompt, context, workload)
+    raws: list[RawSample] = []
+    for i in range(repetitions):
+        if cooldown and i:
+            time.sleep(cooldown)
+        raw = model.run(prompt, context, workload)
+        if raw.generated != workload.generation_tokens:
+            raise MeasurementError(
+                f"{model.backend} generated {raw.generated} tokens but "
+                f"{workload.generation_tokens} were requested: a speed figure from a different "
+                "amount of work would be false"
+            )
+        raws.append(raw)
+    per_rep = [derive_metrics(raw, len(prompt)) for raw in raws]
+    samples = {name: [rep[name] for rep in per_rep] for name in per_rep[0]}
+    return Measurement(
+        backend=model.backend,
+        model=model.identity,
+        workload=workload,
+        samples=samples,
+        raw=raws,
+        warmup=warmup,
+        wall_time=time.perf_counter() - t0,
+    )

@@ -1,0 +1,220 @@
+"""Option definitions and value parsers, shared by the pytest plugin and the ``mlxperf`` CLI.
+
+Every setting has one definition here, from which come its command-line flag
+(``--mlxperf-NAME``), its ini key (``mlxperf_NAME``) and its environment variable
+(``MLXPERF_NAME``). Parsers raise ``ValueError`` with a message that says what was expected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pytest_mlxperf.metrics import METRICS, metric
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"expected a boolean (true/false, yes/no, 1/0), got {text!r}")
+
+
+def _number(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected {what}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"expected {what}, got {text!r}")
+    return value
+
+
+def parse_positive_int(text: str) -> int:
+    value = _number(text, "a whole number >= 1")
+    if value != int(value) or value < 1:
+        raise ValueError(f"expected a whole number >= 1, got {text!r}")
+    return int(value)
+
+
+def parse_non_negative_int(text: str) -> int:
+    value = _number(text, "a whole number >= 0")
+    if value != int(value) or value < 0:
+        raise ValueError(f"expected a whole number >= 0, got {text!r}")
+    return int(value)
+
+
+def parse_seconds(text: str) -> float:
+    value = _number(text, "a number of seconds >= 0")
+    if value < 0:
+        raise ValueError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def parse_alpha(text: str) -> float:
+    value = _number(text, "a significance level between 0 and 1")
+    if not 0 < value < 1:
+        raise ValueError(f"expected a significance level between 0 and 1 (exclusive), got {text!r}")
+    return value
+
+
+def parse_tolerance(text: str) -> float:
+    """``"5%"`` or ``"0.05"`` → 0.05. A bare number must be a fraction below 1, so that "5" is
+    rejected rather than read as 500%; a percentage may exceed 100% (a memory limit)."""
+    raw = str(text).strip()
+    percent = raw.endswith("%")
+    value = _number(raw[:-1] if percent else raw, "a tolerance like '5%' or '0.05'")
+    value = value / 100 if percent else value
+    if value <= 0:
+        raise ValueError(f"a tolerance must be greater than 0, got {text!r}")
+    if not percent and value >= 1:
+        raise ValueError(
+            f"tolerance {text!r} is a fraction >= 1 (= {value:.0%}); write '{value:g}%' if you "
+            f"meant percent, or '{value * 100:g}%' if you really meant {value:.0%}"
+        )
+    return value
+
+
+def parse_tolerances(text: str) -> dict[str, float]:
+    """``"generation_tps=5%, peak_memory=3%"``; a bare ``"5%"`` applies to every gated metric."""
+    result: dict[str, float] = {}
+    for item in text.replace("\n", ",").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        if not sep:
+            result.update({m.name: parse_tolerance(name) for m in METRICS.values() if m.gated})
+            continue
+        metric(name.strip())
+        result[name.strip()] = parse_tolerance(value)
+    return result
+
+
+def tolerances_from_marker(value: Any) -> dict[str, float]:
+    """A marker's ``tolerance=``: a dict ``{"generation_tps": "5%"}`` or a string as above."""
+    if isinstance(value, Mapping):
+        return {metric(str(k)).name: parse_tolerance(str(v)) for k, v in value.items()}
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return parse_tolerances(str(value))
+    raise ValueError(f"tolerance must be a dict or a string like '5%', got {value!r}")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its parser, default and help, and the names it goes by."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    flag: bool = False
+    metavar: str | None = None
+
+    @property
+    def cli(self) -> str:
+        return "--mlxperf" if self.name == "enabled" else "--mlxperf-" + self.name.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return "mlxperf" if self.name == "enabled" else "mlxperf_" + self.name
+
+    @property
+    def env(self) -> str:
+        return "MLXPERF" if self.name == "enabled" else "MLXPERF_" + self.name.upper()
+
+
+def _default_tolerances() -> str:
+    return ", ".join(f"{m.name}={m.default_tolerance:.0%}" for m in METRICS.values() if m.gated)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("enabled", parse_bool, False, "run performance tests (skipped otherwise)", flag=True),
+    Option(
+        "save_baselines",
+        parse_bool,
+        False,
+        "record this run's results as the new baselines (regressions are reported, not failed)",
+        flag=True,
+    ),
+    Option(
+        "baselines_dir",
+        str,
+        "baselines",
+        "folder of baseline files, relative to rootdir",
+        metavar="DIR",
+    ),
+    Option(
+        "json",
+        str,
+        None,
+        "write all results, raw timestamps included, to this JSON file",
+        metavar="PATH",
+    ),
+    Option("repetitions", parse_positive_int, 5, "timed repetitions per measurement", metavar="N"),
+    Option(
+        "warmup", parse_non_negative_int, 1, "untimed warm-up runs of the same shape", metavar="N"
+    ),
+    Option(
+        "cooldown", parse_seconds, 0.0, "seconds to sleep between repetitions", metavar="SECONDS"
+    ),
+    Option(
+        "alpha",
+        parse_alpha,
+        0.01,
+        "significance level of the one-sided Mann-Whitney U test",
+        metavar="P",
+    ),
+    Option(
+        "tolerance",
+        parse_tolerances,
+        {},
+        f"per-metric tolerances, e.g. 'generation_tps=5%%,peak_memory=3%%' or '5%%' for all "
+        f"(defaults: {_default_tolerances().replace('%', '%%')})",
+        metavar="SPEC",
+    ),
+    Option(
+        "strict",
+        parse_bool,
+        False,
+        "also fail tests that have no baseline, an inconclusive or a not-comparable one",
+        flag=True,
+    ),
+    Option(
+        "machine",
+        str,
+        None,
+        "name this machine for baselines instead of its fingerprint (for machines known to be "
+        "equivalent)",
+        metavar="NAME",
+    ),
+    Option(
+        "cache_dir",
+        str,
+        None,
+        "cache folder of synthetic models (default: user cache dir)",
+        metavar="DIR",
+    ),
+)
+OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+def argparse_type(option: Option) -> Callable[[str], Any]:
+    """The option's parser as an argparse ``type=``: bad values fail at parse time."""
+
+    def convert(text: str) -> Any:
+        try:
+            return option.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = option.name
+    return convert

@@ -1,0 +1,132 @@
+"""The pytest11 entry point: hooks only. Importing it imports no ML backend."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+from pathlib import Path
+
+import pytest
+
+from pytest_mlxperf.compare import Verdict
+from pytest_mlxperf.config import SettingsError, resolve
+from pytest_mlxperf.fixtures import RESULTS_KEY, SESSION_KEY, item_settings, mlxperf
+from pytest_mlxperf.options import OPTIONS, argparse_type
+from pytest_mlxperf.report import results_document, table, write_json
+from pytest_mlxperf.session import PerfSession
+
+__all__ = ["mlxperf"]
+
+STRICT_FAILURES = {Verdict.NEW, Verdict.NOT_COMPARABLE, Verdict.INCONCLUSIVE}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("mlxperf", "performance regression tests for local LLM inference")
+    for option in OPTIONS:
+        default = "off" if option.flag else option.default
+        help_text = f"{option.help} (ini: {option.ini}; env: {option.env}; default: {default})"
+        if option.flag:
+            group.addoption(
+                option.cli,
+                action="store_true",
+                default=None,
+                dest=f"mlxperf_{option.name}",
+                help=help_text,
+            )
+        else:
+            group.addoption(
+                option.cli,
+                type=argparse_type(option),
+                default=None,
+                dest=f"mlxperf_{option.name}",
+                metavar=option.metavar,
+                help=help_text,
+            )
+        parser.addini(option.ini, option.help, default=None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "mlxperf(tolerance=None, repetitions=None, warmup=None, cooldown=None, alpha=None, "
+        "strict=None): a performance test (runs with --mlxperf); keyword arguments override "
+        "the session settings for this test, e.g. tolerance={'generation_tps': '5%'}",
+    )
+    cli = {o.name: config.getoption(f"mlxperf_{o.name}") for o in OPTIONS}
+    ini_source = str(config.inipath) if config.inipath else "ini"
+    try:
+        settings = resolve(cli, os.environ, config.getini, ini_source)
+    except SettingsError as exc:
+        raise pytest.UsageError(f"pytest-mlxperf: {exc}") from None
+    config.stash[SESSION_KEY] = PerfSession(settings, Path(config.rootpath))
+
+
+def _is_perf(item: pytest.Item) -> bool:
+    return item.get_closest_marker("mlxperf") is not None or "mlxperf" in getattr(
+        item, "fixturenames", ()
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.stash[SESSION_KEY].settings.enabled:
+        return
+    skip = pytest.mark.skip(reason="performance test: run with --mlxperf to measure it")
+    for item in items:
+        if _is_perf(item):
+            item.add_marker(skip)
+
+
+def _failing(item: pytest.Item) -> list[str]:
+    settings = item_settings(item)
+    if settings.save_baselines:
+        return []
+    return [
+        r.report()
+        for r in item.stash.get(RESULTS_KEY, [])
+        if r.verdict is Verdict.REGRESSION or (settings.strict and r.verdict in STRICT_FAILURES)
+    ]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if call.when == "call" and report.passed:
+        failures = _failing(item)
+        if failures:
+            report.outcome = "failed"
+            report.longrepr = "\n\n".join(failures)
+            report.user_properties.append(("mlxperf", "regression"))
+    return report
+
+
+def pytest_report_teststatus(
+    report: pytest.TestReport, config: pytest.Config
+) -> tuple[str, str, str] | None:
+    if report.when == "call" and ("mlxperf", "regression") in report.user_properties:
+        return "failed", "R", "PERF REGRESSION"
+    return None
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    session = config.stash[SESSION_KEY]
+    if not session.results:
+        return
+    terminalreporter.write_sep("=", "mlxperf results")
+    terminalreporter.write_line(f"machine: {session.machine_id} {session.fingerprint}")
+    terminalreporter.write_line(table(session.results))
+    if session.settings.json:
+        terminalreporter.write_line(f"results written to {session.settings.json}")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    perf = session.config.stash[SESSION_KEY]
+    if perf.settings.json and perf.results:
+        write_json(
+            Path(perf.settings.json),
+            results_document(perf.results, perf.fingerprint, perf.machine_id),
+        )
+    perf.close()

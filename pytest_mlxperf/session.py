@@ -1,0 +1,296 @@
+"""Per-session state: settings, machine identity, loaded models, results and their verdicts.
+
+The pytest plugin keeps one ``PerfSession`` in ``config.stash``; nothing here imports pytest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pytest_mlxperf import backends, machine
+from pytest_mlxperf.baseline import BaselineStore
+from pytest_mlxperf.compare import MetricComparison, Verdict, compare_metric, overall
+from pytest_mlxperf.config import Settings
+from pytest_mlxperf.measure import Measurement, measure
+from pytest_mlxperf.metrics import METRICS
+from pytest_mlxperf.workload import Workload
+
+# the packages whose versions a comparison of each backend shows
+BACKEND_PACKAGES = {
+    "mlx": ("mlx", "mlx-metal", "mlx-cpu", "mlx-lm"),
+    "llamacpp": ("llama-cpp-python",),
+}
+
+
+def _diff(recorded: dict[str, Any], current: dict[str, Any], prefix: str) -> list[str]:
+    keys = sorted(set(recorded) | set(current))
+    return [
+        f"{prefix}{k}: {recorded.get(k)!r} -> {current.get(k)!r}"
+        for k in keys
+        if recorded.get(k) != current.get(k)
+    ]
+
+
+def versions_line(backend: str, before: dict[str, str], after: dict[str, str]) -> str:
+    """``mlx 0.20.0 -> 0.21.1, mlx-lm 0.20.1 -> 0.20.1``: the backend's packages on both sides."""
+    parts = [
+        f"{name} {before.get(name, '?')} -> {after.get(name, '?')}"
+        for name in BACKEND_PACKAGES.get(backend, ())
+        if name in before or name in after
+    ]
+    return ", ".join(parts) or "unknown"
+
+
+@dataclass
+class PerfResult:
+    """One measurement of one test, judged against its baseline.
+
+    Metric attributes (``prompt_tps``, ``generation_tps``, ``ttft``, ``peak_memory``) are the
+    medians of the repetitions; ``samples`` has every repetition's value.
+    """
+
+    nodeid: str
+    key: str
+    measurement: Measurement
+    load_time: float
+    verdict: Verdict
+    comparisons: list[MetricComparison]
+    baseline_path: Path
+    provenance: dict[str, Any]
+    baseline_provenance: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    saved: bool = False
+
+    @property
+    def samples(self) -> dict[str, list[float]]:
+        return self.measurement.samples
+
+    def median(self, metric_name: str) -> float:
+        import statistics
+
+        if metric_name == "load_time":
+            return self.load_time
+        return statistics.median(self.samples[metric_name])
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.median("prompt_tps")
+
+    @property
+    def generation_tps(self) -> float:
+        return self.median("generation_tps")
+
+    @property
+    def ttft(self) -> float:
+        return self.median("ttft")
+
+    @property
+    def peak_memory(self) -> float:
+        return self.median("peak_memory")
+
+    @property
+    def regressions(self) -> list[MetricComparison]:
+        return [c for c in self.comparisons if c.verdict is Verdict.REGRESSION]
+
+    def report(self) -> str:
+        """The full text of the verdict: what a failing test shows."""
+        m = self.measurement
+        head = (
+            f"mlxperf {self.verdict.value}: {self.nodeid} "
+            f"[{m.backend} {m.model['name']} {m.workload.label}]"
+        )
+        lines = [head]
+        lines += [
+            "  " + c.describe() for c in self.comparisons if c.verdict is not Verdict.NOT_GATED
+        ]
+        lines += ["  " + n for n in self.notes]
+        lines.append(f"  baseline file: {self.baseline_path}")
+        if self.baseline_provenance is not None:
+            before = self.baseline_provenance
+            lines.append(
+                f"  baseline recorded {before.get('date', '?')} at commit "
+                f"{(before.get('git_commit') or '?')[:12]}"
+            )
+            lines.append(
+                "  versions: "
+                + versions_line(
+                    m.backend, before.get("packages", {}), self.provenance.get("packages", {})
+                )
+            )
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        m = self.measurement
+        return {
+            "test": self.nodeid,
+            "key": self.key,
+            "backend": m.backend,
+            "model": m.model,
+            "workload": m.workload.identity(),
+            "workload_label": m.workload.label,
+            "warmup": m.warmup,
+            "wall_time": m.wall_time,
+            "load_time": self.load_time,
+            "samples": m.samples,
+            "medians": {name: self.median(name) for name in (*m.samples, "load_time")},
+            "raw": [dataclasses.asdict(r) for r in m.raw],
+            "verdict": self.verdict.value,
+            "comparisons": [
+                {
+                    "metric": c.metric.name,
+                    "verdict": c.verdict.value,
+                    "baseline_median": c.baseline.median,
+                    "current_median": c.current.median,
+                    "change": c.change,
+                    "tolerance": c.tolerance,
+                    "p_value": c.p_value,
+                    "alpha": c.alpha,
+                    "n_baseline": c.baseline.n,
+                    "n_current": c.current.n,
+                    "note": c.note,
+                }
+                for c in self.comparisons
+            ],
+            "notes": self.notes,
+            "baseline_file": str(self.baseline_path),
+            "baseline_provenance": self.baseline_provenance,
+            "provenance": self.provenance,
+            "saved": self.saved,
+        }
+
+
+class PerfSession:
+    """State shared by every perf test of one pytest session."""
+
+    def __init__(self, settings: Settings, rootdir: Path) -> None:
+        self.settings = settings
+        self.rootdir = rootdir
+        self.store = BaselineStore(rootdir / settings.baselines_dir)
+        self.models: dict[tuple[str, str], backends.LoadedModel] = {}
+        self.results: list[PerfResult] = []
+
+    @cached_property
+    def fingerprint(self) -> dict[str, Any]:
+        return machine.fingerprint(self.settings.machine)
+
+    @cached_property
+    def machine_id(self) -> str:
+        return machine.machine_id(self.fingerprint)
+
+    @cached_property
+    def provenance(self) -> dict[str, Any]:
+        return machine.provenance(str(self.rootdir))
+
+    def load(self, backend: str, source: str) -> backends.LoadedModel:
+        """Load a model once per session; later calls reuse it."""
+        key = (backend, source)
+        if key not in self.models:
+            cache = Path(self.settings.cache_dir) if self.settings.cache_dir else None
+            self.models[key] = backends.load(backend, source, cache)
+        return self.models[key]
+
+    def close(self) -> None:
+        for model in self.models.values():
+            model.close()
+        self.models.clear()
+
+    def run(
+        self,
+        nodeid: str,
+        model: backends.LoadedModel,
+        workload: Workload,
+        settings: Settings,
+        name: str | None = None,
+    ) -> PerfResult:
+        """Measure, judge against the baseline, save if asked, and record the result."""
+        key = name or f"{model.backend}:{model.identity['name']}:{workload.label}"
+        if any(r.nodeid == nodeid and r.key == key for r in self.results):
+            raise ValueError(
+                f"{nodeid} measured {key!r} twice; give each measurement its own name= argument"
+            )
+        measurement = measure(
+            model,
+            workload,
+            warmup=settings.warmup,
+            repetitions=settings.repetitions,
+            cooldown=settings.cooldown,
+        )
+        result = self.judge(nodeid, key, measurement, model.load_time, settings)
+        if settings.save_baselines:
+            self.store.save(nodeid, key, self.machine_id, self.entry(result))
+            result.saved = True
+        self.results.append(result)
+        return result
+
+    def entry(self, result: PerfResult) -> dict[str, Any]:
+        m = result.measurement
+        return {
+            "machine": self.fingerprint,
+            "test": result.nodeid,
+            "name": result.key,
+            "backend": m.backend,
+            "model": m.model,
+            "workload": m.workload.identity(),
+            "samples": {**m.samples, "load_time": [result.load_time]},
+            "provenance": self.provenance,
+        }
+
+    def judge(
+        self,
+        nodeid: str,
+        key: str,
+        measurement: Measurement,
+        load_time: float,
+        settings: Settings,
+    ) -> PerfResult:
+        """Compare a measurement with its stored baseline (identity first, then statistics)."""
+        entry, others = self.store.find(nodeid, key, self.machine_id)
+        result = PerfResult(
+            nodeid=nodeid,
+            key=key,
+            measurement=measurement,
+            load_time=load_time,
+            verdict=Verdict.NEW,
+            comparisons=[],
+            baseline_path=self.store.path_for(nodeid),
+            provenance=self.provenance,
+        )
+        if entry is None:
+            if others:
+                result.verdict = Verdict.NOT_COMPARABLE
+                result.notes.append(
+                    "baseline recorded on other machine(s) only; "
+                    + "; ".join(
+                        _diff(o["machine"], self.fingerprint, "machine.") for o in others[:1]
+                    )
+                    + " (name equivalent machines with --mlxperf-machine)"
+                )
+            else:
+                result.notes.append("no baseline yet: record one with --mlxperf-save-baselines")
+            return result
+        result.baseline_provenance = entry["provenance"]
+        differences = _diff(entry["model"], measurement.model, "model.") + _diff(
+            entry["workload"], measurement.workload.identity(), "workload."
+        )
+        if differences:
+            result.verdict = Verdict.NOT_COMPARABLE
+            result.notes.append("identity differs from the baseline: " + "; ".join(differences))
+            return result
+        current = {**measurement.samples, "load_time": [load_time]}
+        result.comparisons = [
+            compare_metric(
+                METRICS[name],
+                entry["samples"][name],
+                samples,
+                tolerance=settings.tolerance_for(name),
+                alpha=settings.alpha,
+            )
+            for name, samples in current.items()
+            if name in entry["samples"]
+        ]
+        result.verdict = overall([c.verdict for c in result.comparisons])
+        return result
