@@ -10,13 +10,18 @@ rather than guessed at. Nothing here imports pytest.
 from __future__ import annotations
 
 import enum
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pytest_mlxperf.metrics import Metric
 
-MIN_SAMPLES = 3
+
+def min_p_value(n_baseline: int, n_current: int) -> float:
+    """The smallest one-sided p-value a Mann-Whitney U test can reach with these sample counts
+    (all of one side beyond all of the other): 1 / C(n + m, n)."""
+    return 1 / math.comb(n_baseline + n_current, n_current)
 
 
 class Verdict(str, enum.Enum):
@@ -113,12 +118,14 @@ def compare_metric(
     if not metric.gated:
         return result(Verdict.NOT_GATED, None)
     worse = metric.worse_change(base.median, cur.median)
-    if min(base.n, cur.n) < MIN_SAMPLES:
+    floor = min_p_value(base.n, cur.n)
+    if floor >= alpha:
         if abs(worse) > tolerance:
             return result(
                 Verdict.INCONCLUSIVE,
                 None,
-                f"too few samples to test significance (need >= {MIN_SAMPLES} on each side)",
+                f"too few samples: with n={base.n}/{cur.n} no test can reach p < {alpha:g} "
+                f"(best possible p={floor:.3g}); use more repetitions",
             )
         return result(Verdict.PASS, None)
     hib = metric.higher_is_better

@@ -39,6 +39,8 @@ class Settings:
     tolerance: Mapping[str, float] = field(default_factory=dict)
     strict: bool = False
     machine: str | None = None
+    isolate: bool = True
+    timeout: float = 600.0
     cache_dir: str | None = None
 
     def tolerance_for(self, metric_name: str) -> float:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from pytest_mlxperf.backends import BackendUnavailable, LoadedModel
-from pytest_mlxperf.config import Settings, with_marker
+from pytest_mlxperf.config import Settings, SettingsError, with_marker
 from pytest_mlxperf.session import PerfResult, PerfSession
 from pytest_mlxperf.workload import Workload
 
@@ -78,4 +78,7 @@ class MlxPerf:
 @pytest.fixture
 def mlxperf(request: pytest.FixtureRequest) -> MlxPerf:
     """Measure local-LLM inference performance; see ``MlxPerf``."""
-    return MlxPerf(request.node)
+    try:
+        return MlxPerf(request.node)
+    except SettingsError as exc:
+        pytest.fail(str(exc), pytrace=False)

@@ -59,6 +59,13 @@ def parse_seconds(text: str) -> float:
     return value
 
 
+def parse_positive_seconds(text: str) -> float:
+    value = _number(text, "a number of seconds > 0")
+    if value <= 0:
+        raise ValueError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
 def parse_alpha(text: str) -> float:
     value = _number(text, "a significance level between 0 and 1")
     if not 0 < value < 1:
@@ -195,6 +202,20 @@ OPTIONS: tuple[Option, ...] = (
         "name this machine for baselines instead of its fingerprint (for machines known to be "
         "equivalent)",
         metavar="NAME",
+    ),
+    Option(
+        "isolate",
+        parse_bool,
+        True,
+        "run each model in its own worker process (crash, hang and memory isolation)",
+        metavar="BOOL",
+    ),
+    Option(
+        "timeout",
+        parse_positive_seconds,
+        600.0,
+        "seconds one load or repetition may take in a worker before it is stopped",
+        metavar="SECONDS",
     ),
     Option(
         "cache_dir",

@@ -77,12 +77,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _failing(item: pytest.Item) -> list[str]:
-    settings = item_settings(item)
-    if settings.save_baselines:
+    results = item.stash.get(RESULTS_KEY, [])
+    settings = item_settings(item) if results else None
+    if settings is None or settings.save_baselines:
         return []
     return [
         r.report()
-        for r in item.stash.get(RESULTS_KEY, [])
+        for r in results
         if r.verdict is Verdict.REGRESSION or (settings.strict and r.verdict in STRICT_FAILURES)
     ]
 

@@ -17,6 +17,7 @@ from pytest_mlxperf.compare import MetricComparison, Verdict, compare_metric, ov
 from pytest_mlxperf.config import Settings
 from pytest_mlxperf.measure import Measurement, measure
 from pytest_mlxperf.metrics import METRICS
+from pytest_mlxperf.worker import WorkerModel
 from pytest_mlxperf.workload import Workload
 
 # the packages whose versions a comparison of each backend shows
@@ -186,11 +187,17 @@ class PerfSession:
         return machine.provenance(str(self.rootdir))
 
     def load(self, backend: str, source: str) -> backends.LoadedModel:
-        """Load a model once per session; later calls reuse it."""
+        """Load a model once per session (in its own worker unless ``isolate`` is off); later
+        calls reuse it, and a worker that died is replaced."""
         key = (backend, source)
-        if key not in self.models:
+        cached = self.models.get(key)
+        if cached is None or not getattr(cached, "alive", True):
             cache = Path(self.settings.cache_dir) if self.settings.cache_dir else None
-            self.models[key] = backends.load(backend, source, cache)
+            if self.settings.isolate:
+                backends.check_available(backend)
+                self.models[key] = WorkerModel(backend, source, cache, self.settings.timeout)
+            else:
+                self.models[key] = backends.load(backend, source, cache)
         return self.models[key]
 
     def close(self) -> None:

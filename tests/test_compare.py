@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_mlxperf.compare import Summary, Verdict, compare_metric, overall
+from pytest_mlxperf.compare import Summary, Verdict, compare_metric, min_p_value, overall
 from pytest_mlxperf.metrics import METRICS
 
 TPS = METRICS["generation_tps"]
@@ -68,9 +68,15 @@ def test_large_but_noisy_change_is_not_failed() -> None:
 
 
 def test_too_few_samples_is_inconclusive_not_guessed() -> None:
-    c = compare_metric(TPS, [100.0, 100.0], [50.0, 50.0], tolerance=0.1, alpha=0.01)
+    # 4 vs 4 samples: the best one-sided p is 1/70 = 0.014, which can never beat alpha=0.01
+    assert min_p_value(4, 4) == pytest.approx(1 / 70)
+    c = compare_metric(TPS, [100.0] * 4, [50.0] * 4, tolerance=0.1, alpha=0.01)
     assert c.verdict is Verdict.INCONCLUSIVE
     assert "too few samples" in c.note
+    # ... while a looser alpha makes the same samples enough
+    assert compare_metric(TPS, [100.0] * 4, [50.0] * 4, tolerance=0.1, alpha=0.05).verdict is (
+        Verdict.REGRESSION
+    )
 
 
 def test_ungated_metric_is_reported_only() -> None:

@@ -1,0 +1,152 @@
+"""Isolated measurement: each model lives in its own worker process.
+
+Why this is the default: a segfault or abort in native backend code then fails one test instead
+of killing the pytest session; a hung backend can be stopped; and the process high-water mark
+(the only memory figure llama.cpp has, and what macOS needs to count Metal buffers) belongs to
+one model alone, not to whatever else the test process loaded before. The cost is one process
+start and backend import per model and session.
+
+The parent talks to the worker over a ``multiprocessing`` pipe; every timed region runs inside
+the worker, so the pipe adds nothing to a measurement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import signal
+import time
+import traceback
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from pytest_mlxperf.backends.base import BackendError, LoadedModel, RawSample
+from pytest_mlxperf.workload import Workload
+
+_POLL = 0.05
+
+
+class WorkerError(BackendError):
+    """The worker process crashed, hung, or ran out of its memory limit."""
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "is still running"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}"
+    return f"exited with code {code}"
+
+
+def _serve(conn: Connection, backend: str, source: str, cache_dir: str | None) -> None:
+    """The worker's main loop: load the model, then answer calls until told to stop."""
+    from pytest_mlxperf import backends
+
+    def reply(call: Any, *args: Any) -> None:
+        try:
+            conn.send(("ok", call(*args)))
+        except BaseException as exc:  # every failure goes back to the parent, with its type
+            conn.send(("error", type(exc).__name__, str(exc), traceback.format_exc()))
+
+    model: LoadedModel | None = None
+
+    def load() -> dict[str, Any]:
+        nonlocal model
+        model = backends.load(backend, source, Path(cache_dir) if cache_dir else None)
+        return {
+            k: getattr(model, k) for k in ("identity", "load_time", "vocab_size", "context_length")
+        }
+
+    reply(load)
+    while model is not None:
+        try:
+            method, args = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        if method == "close":
+            model.close()
+            return
+        reply(getattr(model, method), *args)
+
+
+class WorkerModel(LoadedModel):
+    """A ``LoadedModel`` whose backend runs in a separate process."""
+
+    def __init__(self, backend: str, source: str, cache_dir: Path | None, timeout: float) -> None:
+        self.backend = backend
+        self.timeout = timeout
+        self._describe = f"worker for {backend} model {source!r}"
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=_serve,
+            args=(child, backend, source, str(cache_dir) if cache_dir else None),
+            name=f"mlxperf-{backend}",
+            daemon=True,
+        )
+        self._proc.start()
+        child.close()
+        info = self._call_result("load")
+        self.identity = info["identity"]
+        self.load_time = info["load_time"]
+        self.vocab_size = info["vocab_size"]
+        self.context_length = info["context_length"]
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.is_alive()
+
+    def _kill(self) -> None:
+        if self._proc.is_alive():
+            self._proc.kill()
+        self._proc.join(5)
+
+    def _call_result(self, what: str) -> Any:
+        deadline = time.monotonic() + self.timeout
+        while not self._conn.poll(_POLL):
+            if not self._proc.is_alive():
+                self._proc.join(1)
+                raise WorkerError(
+                    f"{self._describe} {_exit_reason(self._proc.exitcode)} during {what}"
+                )
+            if time.monotonic() > deadline:
+                self._kill()
+                raise WorkerError(
+                    f"{self._describe} did not finish {what} within {self.timeout:g} s "
+                    "(--mlxperf-timeout); it was stopped"
+                )
+        try:
+            status, *payload = self._conn.recv()
+        except EOFError:
+            self._proc.join(1)
+            raise WorkerError(
+                f"{self._describe} {_exit_reason(self._proc.exitcode)} during {what}"
+            ) from None
+        if status == "error":
+            kind, message, trace = payload
+            raise WorkerError(f"{self._describe}: {kind} during {what}: {message}\n{trace}")
+        return payload[0]
+
+    def _call(self, method: str, *args: Any) -> Any:
+        if not self._proc.is_alive():
+            raise WorkerError(f"{self._describe} {_exit_reason(self._proc.exitcode)} earlier")
+        self._conn.send((method, args))
+        return self._call_result(method)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._call("tokenize", text)
+
+    def run(self, prompt: list[int], context: list[int], workload: Workload) -> RawSample:
+        return self._call("run", prompt, context, workload)
+
+    def close(self) -> None:
+        if self._proc.is_alive():
+            with contextlib.suppress(BrokenPipeError, OSError):
+                self._conn.send(("close", ()))
+            self._proc.join(10)
+        self._kill()
