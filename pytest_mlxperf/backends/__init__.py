@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from pathlib import Path
 
 from pytest_mlxperf.backends.base import BackendError, LoadedModel, RawSample
@@ -26,16 +27,17 @@ class BackendUnavailable(BackendError):
 
 
 def check_available(backend: str) -> None:
-    """Raise ``ValueError`` for an unknown backend, ``BackendUnavailable`` for a missing one."""
+    """Raise ``ValueError`` for an unknown backend, ``BackendUnavailable`` for a missing one.
+
+    Looks the package up without importing it: the parent of isolated workers never loads a
+    backend (native libraries cannot be unloaded, nor safely imported twice)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; known backends: {', '.join(BACKENDS)}")
     _, probe, hint = BACKENDS[backend]
-    try:
-        importlib.import_module(probe)
-    except ImportError as exc:
+    if importlib.util.find_spec(probe) is None:
         raise BackendUnavailable(
-            f"backend {backend!r} is not installed ({exc}); install it with: {hint}"
-        ) from exc
+            f"backend {backend!r} is not installed (no module {probe!r}); install it with: {hint}"
+        )
 
 
 def load(backend: str, source: str, cache_dir: Path | None = None) -> LoadedModel:

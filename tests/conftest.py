@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def synth_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One synthetic-model cache for the whole test session, also seen by pytester runs and
+    worker processes through MLXPERF_CACHE_DIR."""
+    path = Path(os.environ.get("MLXPERF_TEST_CACHE_DIR") or tmp_path_factory.mktemp("synth"))
+    old = os.environ.get("MLXPERF_CACHE_DIR")
+    os.environ["MLXPERF_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("MLXPERF_CACHE_DIR", None)
+    else:
+        os.environ["MLXPERF_CACHE_DIR"] = old

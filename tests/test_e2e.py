@@ -1,0 +1,122 @@
+"""End to end on the real backends and the project's own tiny synthetic model: the example suite
+runs for both backends, baselines are saved, an unchanged rerun passes, and a baseline edited to
+be faster (or to use less memory) fails exactly the tests it belongs to, with a full message."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+EXAMPLE = REPO / "tests" / "perf" / "test_example_perf.py"
+BASELINE = "baselines/test_example_perf.json"
+# Separate processes of the same code differ by several percent on a shared 2-core machine;
+# the e2e checks use a wide tolerance and large edits so that they test the plugin, not the
+# machine's noise (benchmarks/ measures the false-alarm rate of the defaults).
+WIDE = ["--mlxperf", "--mlxperf-tolerance", "30%"]
+
+
+def scale(path: Path, key_part: str, metric: str, factor: float) -> None:
+    data = json.loads(path.read_text())
+    hits = [k for k in data["entries"] if key_part in k]
+    assert len(hits) == 1, hits
+    samples = data["entries"][hits[0]]["samples"]
+    samples[metric] = [v * factor for v in samples[metric]]
+    path.write_text(json.dumps(data, indent=2))
+
+
+@pytest.mark.usefixtures("synth_cache")
+def test_save_rerun_and_catch_edited_regressions(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_example_perf=EXAMPLE.read_text())
+    saved = pytester.runpytest_subprocess(*WIDE, "--mlxperf-save-baselines")
+    saved.assert_outcomes(passed=4)
+    saved.stdout.fnmatch_lines(["*mlxperf results*", "*test_prompt_and_decode?mlx?*new (saved)*"])
+    baseline = pytester.path / BASELINE
+    entries = json.loads(baseline.read_text())["entries"]
+    assert len(entries) == 4
+    for entry in entries.values():
+        assert len(entry["samples"]["generation_tps"]) == 5
+
+    rerun = pytester.runpytest_subprocess(*WIDE, "--mlxperf-json", "results.json")
+    rerun.assert_outcomes(passed=4)
+    results = json.loads((pytester.path / "results.json").read_text())["results"]
+    assert {r["verdict"] for r in results} <= {"pass", "improvement"}
+    raw = results[0]["raw"][0]
+    assert len(raw["t_tokens"]) == len(raw["tokens"]) == 64  # every generated token stamped
+
+    before = baseline.read_bytes()
+    scale(baseline, "mlx:synth:tiny:pp128+tg64", "generation_tps", 2.0)
+    scale(baseline, "llamacpp:synth:tiny:pp32+tg64@d512", "peak_memory", 0.5)
+    assert baseline.read_bytes() != before
+    edited = baseline.read_bytes()
+
+    caught = pytester.runpytest_subprocess(*WIDE, "-rf")
+    caught.assert_outcomes(passed=2, failed=2)
+    caught.stdout.fnmatch_lines(
+        [
+            "*mlxperf regression: test_example_perf.py::test_prompt_and_decode?mlx?*",
+            "*generation_tps: * tok/s -> * tok/s (-*%; tolerance 30%, Mann-Whitney p=* vs "
+            "alpha=0.01, n=5/5)*",
+            f"*baseline file: *{BASELINE}*",
+            "*versions: mlx * -> *, mlx-lm * -> **",
+        ]
+    )
+    caught.stdout.fnmatch_lines(
+        [
+            "*mlxperf regression: test_example_perf.py::test_decode_at_depth?llamacpp?*",
+            "*peak_memory: * GB -> * GB (+*%*",
+            "*versions: llama-cpp-python * -> **",
+        ]
+    )
+    caught.stdout.fnmatch_lines(
+        [
+            "PERF REGRESSION test_example_perf.py::test_prompt_and_decode[[]mlx[]]*",
+            "PERF REGRESSION test_example_perf.py::test_decode_at_depth[[]llamacpp[]]*",
+        ]
+    )
+    assert baseline.read_bytes() == edited  # a failing run never rewrites baselines
+
+
+@pytest.mark.usefixtures("synth_cache")
+def test_changed_identity_is_not_compared(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        def test_one(mlxperf):
+            model = mlxperf.load("llamacpp", "synth:tiny@Q8_0")
+            mlxperf.measure(model, prompt_tokens=16, generation_tokens=8)
+        """
+    )
+    pytester.runpytest_subprocess("--mlxperf", "--mlxperf-save-baselines").assert_outcomes(passed=1)
+    path = next((pytester.path / "baselines").glob("*.json"))
+    data = json.loads(path.read_text())
+    (entry,) = data["entries"].values()
+    entry["model"]["hash"] = "0" * 16
+    path.write_text(json.dumps(data))
+    lenient = pytester.runpytest_subprocess("--mlxperf")
+    lenient.assert_outcomes(passed=1)
+    lenient.stdout.fnmatch_lines(["*not comparable*"])
+    strict = pytester.runpytest_subprocess("--mlxperf", "--mlxperf-strict")
+    strict.assert_outcomes(failed=1)
+    strict.stdout.fnmatch_lines(["*identity differs from the baseline: model.hash*"])
+
+
+@pytest.mark.usefixtures("synth_cache")
+def test_generated_count_and_llama_counters_agree_with_timestamps() -> None:
+    from pytest_mlxperf.backends import load
+    from pytest_mlxperf.measure import measure
+    from pytest_mlxperf.workload import Workload
+
+    model = load("llamacpp", "synth:tiny")
+    try:
+        m = measure(model, Workload(prompt_tokens=64, generation_tokens=16), repetitions=2)
+    finally:
+        model.close()
+    for raw in m.raw:
+        assert raw.generated == 16
+        assert raw.backend_counters["n_p_eval"] == 64  # exactly one prefill, no reuse
+        assert raw.backend_counters["n_eval"] == 15  # then one decode per further token
+        ours = (raw.t_tokens[0] - raw.t_start) * 1e3
+        assert raw.backend_counters["t_p_eval_ms"] <= ours * 1.05
