@@ -23,8 +23,9 @@ STRICT_FAILURES = {Verdict.NEW, Verdict.NOT_COMPARABLE, Verdict.INCONCLUSIVE}
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("mlxperf", "performance regression tests for local LLM inference")
     for option in OPTIONS:
-        default = "off" if option.flag else option.default
-        help_text = f"{option.help} (ini: {option.ini}; env: {option.env}; default: {default})"
+        help_text = (
+            f"{option.help} (ini: {option.ini}; env: {option.env}; default: {option.default_text})"
+        )
         if option.flag:
             group.addoption(
                 option.cli,
