@@ -41,6 +41,7 @@ class Settings:
     machine: str | None = None
     isolate: bool = True
     timeout: float = 600.0
+    memory_limit: int | None = None
     cache_dir: str | None = None
 
     def tolerance_for(self, metric_name: str) -> float:
@@ -100,4 +101,3 @@ def with_marker(settings: Settings, kwargs: Mapping[str, Any], where: str) -> Se
     if "tolerance" in changes:
         changes["tolerance"] = {**settings.tolerance, **changes["tolerance"]}
     return dataclasses.replace(settings, **changes)
-

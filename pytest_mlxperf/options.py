@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +65,30 @@ def parse_positive_seconds(text: str) -> float:
     if value <= 0:
         raise ValueError(f"expected a number of seconds > 0, got {text!r}")
     return value
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 1e3,
+    "MB": 1e6,
+    "GB": 1e9,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+}
+
+
+def parse_size(text: str) -> int:
+    """``"8GB"``, ``"512 MiB"``, ``"1e9"`` → bytes (GB = 1e9, as mlx-lm reports memory)."""
+    match = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).upper() if match else None
+    if match is None or unit not in _SIZE_UNITS:
+        raise ValueError(f"expected a size like '8GB' or '512MiB', got {text!r}")
+    value = _number(match.group(1), "a size like '8GB' or '512MiB'") * _SIZE_UNITS[unit]
+    if value < 1:
+        raise ValueError(f"expected a size > 0, got {text!r}")
+    return int(value)
 
 
 def parse_alpha(text: str) -> float:
@@ -226,6 +251,13 @@ OPTIONS: tuple[Option, ...] = (
         600.0,
         "seconds one load or repetition may take in a worker before it is stopped",
         metavar="SECONDS",
+    ),
+    Option(
+        "memory_limit",
+        parse_size,
+        None,
+        "stop a worker whose resident memory exceeds this size, e.g. '8GB' (polled)",
+        metavar="SIZE",
     ),
     Option(
         "cache_dir",

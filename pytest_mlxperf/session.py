@@ -164,6 +164,16 @@ class PerfResult:
         }
 
 
+def measurement_lock() -> Any:
+    """A machine-wide lock held while measuring: xdist workers and parallel tox environments
+    then take turns, instead of timing each other's load."""
+    import tempfile
+
+    from filelock import FileLock
+
+    return FileLock(str(Path(tempfile.gettempdir()) / "pytest-mlxperf-measure.lock"))
+
+
 class PerfSession:
     """State shared by every perf test of one pytest session."""
 
@@ -195,7 +205,9 @@ class PerfSession:
             cache = Path(self.settings.cache_dir) if self.settings.cache_dir else None
             if self.settings.isolate:
                 backends.check_available(backend)
-                self.models[key] = WorkerModel(backend, source, cache, self.settings.timeout)
+                self.models[key] = WorkerModel(
+                    backend, source, cache, self.settings.timeout, self.settings.memory_limit
+                )
             else:
                 self.models[key] = backends.load(backend, source, cache)
         return self.models[key]
@@ -219,13 +231,14 @@ class PerfSession:
             raise ValueError(
                 f"{nodeid} measured {key!r} twice; give each measurement its own name= argument"
             )
-        measurement = measure(
-            model,
-            workload,
-            warmup=settings.warmup,
-            repetitions=settings.repetitions,
-            cooldown=settings.cooldown,
-        )
+        with measurement_lock():
+            measurement = measure(
+                model,
+                workload,
+                warmup=settings.warmup,
+                repetitions=settings.repetitions,
+                cooldown=settings.cooldown,
+            )
         result = self.judge(nodeid, key, measurement, model.load_time, settings)
         if settings.save_baselines:
             self.store.save(nodeid, key, self.machine_id, self.entry(result))

@@ -24,7 +24,7 @@ from typing import Any
 from pytest_mlxperf.backends.base import BackendError, LoadedModel, RawSample
 from pytest_mlxperf.workload import Workload
 
-_POLL = 0.05
+_POLL = 0.02
 
 
 class WorkerError(BackendError):
@@ -98,6 +98,10 @@ class WorkerModel(LoadedModel):
         self.context_length = info["context_length"]
 
     @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    @property
     def alive(self) -> bool:
         return self._proc.is_alive()
 
@@ -106,9 +110,32 @@ class WorkerModel(LoadedModel):
             self._proc.kill()
         self._proc.join(5)
 
+    def _over_memory_limit(self) -> int | None:
+        """The worker's resident memory if it is over the limit, else ``None``."""
+        if self.memory_limit is None:
+            return None
+        import psutil
+
+        try:
+            rss = psutil.Process(self._proc.pid).memory_info().rss
+        except psutil.Error:
+            return None
+        return rss if rss > self.memory_limit else None
+
     def _call_result(self, what: str) -> Any:
         deadline = time.monotonic() + self.timeout
-        while not self._conn.poll(_POLL):
+        # a pipe answers at once when data or EOF arrives: the poll interval only paces the
+        # timeout and memory checks
+        interval = _POLL if self.memory_limit is not None else 1.0
+        while not self._conn.poll(interval):
+            rss = self._over_memory_limit()
+            if rss is not None:
+                self._kill()
+                raise WorkerError(
+                    f"{self._describe} exceeded the memory limit of {self.memory_limit / 1e9:.3f} "
+                    f"GB (--mlxperf-memory-limit) during {what}: resident {rss / 1e9:.3f} GB; "
+                    "it was stopped"
+                )
             if not self._proc.is_alive():
                 self._proc.join(1)
                 raise WorkerError(
