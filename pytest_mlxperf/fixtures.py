@@ -6,12 +6,16 @@ from typing import Any
 
 import pytest
 
-from pytest_mlxperf.backends import BackendUnavailable, LoadedModel
+from pytest_mlxperf.backends import BackendError, BackendUnavailable, LoadedModel
+from pytest_mlxperf.baseline import BaselineError
 from pytest_mlxperf.config import Settings, SettingsError, with_marker
+from pytest_mlxperf.measure import MeasurementError
 from pytest_mlxperf.session import PerfResult, PerfSession
 from pytest_mlxperf.workload import Workload
 
 DEFAULT_MODEL = "synth:tiny"
+# errors whose message says all a user needs: shown without the plugin's traceback
+CLEAR_ERRORS = (BackendError, BaselineError, MeasurementError, ValueError)
 SESSION_KEY = pytest.StashKey[PerfSession]()
 RESULTS_KEY = pytest.StashKey[list[PerfResult]]()
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -50,6 +54,8 @@ class MlxPerf:
             return self._session.load(backend, source)
         except BackendUnavailable as exc:
             pytest.skip(str(exc))
+        except CLEAR_ERRORS as exc:
+            pytest.fail(str(exc), pytrace=False)
 
     def measure(
         self,
@@ -69,8 +75,11 @@ class MlxPerf:
                 f"unknown workload field(s) {', '.join(unknown)}; "
                 f"known: {', '.join(Workload.field_names())}"
             )
-        workload = workload or Workload(**workload_fields)
-        result = self._session.run(self._item.nodeid, model, workload, self.settings, name)
+        try:
+            workload = workload or Workload(**workload_fields)
+            result = self._session.run(self._item.nodeid, model, workload, self.settings, name)
+        except CLEAR_ERRORS as exc:
+            pytest.fail(str(exc), pytrace=False)
         self._item.stash.setdefault(RESULTS_KEY, []).append(result)
         return result
 

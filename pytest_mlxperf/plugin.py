@@ -18,6 +18,8 @@ from pytest_mlxperf.session import PerfSession
 __all__ = ["mlxperf"]
 
 STRICT_FAILURES = {Verdict.NEW, Verdict.NOT_COMPARABLE, Verdict.INCONCLUSIVE}
+# verdicts whose details the summary spells out (regressions are in the failure report)
+EXPLAINED = {Verdict.NOT_COMPARABLE, Verdict.INCONCLUSIVE, Verdict.IMPROVEMENT}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -120,6 +122,14 @@ def pytest_terminal_summary(
     terminalreporter.write_sep("=", "mlxperf results")
     terminalreporter.write_line(f"machine: {session.machine_id} {session.fingerprint}")
     terminalreporter.write_line(table(session.results))
+    for result in session.results:
+        if result.verdict in EXPLAINED:
+            terminalreporter.write_line(result.report())
+    new = sum(r.verdict is Verdict.NEW and not r.saved for r in session.results)
+    if new:
+        terminalreporter.write_line(
+            f"{new} measurement(s) without a baseline: record them with --mlxperf-save-baselines"
+        )
     if session.settings.json:
         terminalreporter.write_line(f"results written to {session.settings.json}")
 

@@ -284,9 +284,7 @@ class PerfSession:
                 result.verdict = Verdict.NOT_COMPARABLE
                 result.notes.append(
                     "baseline recorded on other machine(s) only; "
-                    + "; ".join(
-                        _diff(o["machine"], self.fingerprint, "machine.") for o in others[:1]
-                    )
+                    + "; ".join(_diff(others[0]["machine"], self.fingerprint, "machine."))
                     + " (name equivalent machines with --mlxperf-machine)"
                 )
             else:

@@ -77,9 +77,17 @@ def _serve(conn: Connection, backend: str, source: str, cache_dir: str | None) -
 class WorkerModel(LoadedModel):
     """A ``LoadedModel`` whose backend runs in a separate process."""
 
-    def __init__(self, backend: str, source: str, cache_dir: Path | None, timeout: float) -> None:
+    def __init__(
+        self,
+        backend: str,
+        source: str,
+        cache_dir: Path | None,
+        timeout: float,
+        memory_limit: int | None = None,
+    ) -> None:
         self.backend = backend
         self.timeout = timeout
+        self.memory_limit = memory_limit
         self._describe = f"worker for {backend} model {source!r}"
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
