@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
 from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +21,7 @@ from pytest_mlxperf.session import PerfSession
 
 __all__ = ["mlxperf"]
 
+XDIST_DIR = "mlxperf_records_dir"
 STRICT_FAILURES = {Verdict.NEW, Verdict.NOT_COMPARABLE, Verdict.INCONCLUSIVE}
 # verdicts whose details the summary spells out (regressions are in the failure report)
 EXPLAINED = {Verdict.NOT_COMPARABLE, Verdict.INCONCLUSIVE, Verdict.IMPROVEMENT}
@@ -116,29 +121,48 @@ def pytest_report_teststatus(
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
-    session = config.stash[SESSION_KEY]
-    if not session.results:
+    perf = config.stash[SESSION_KEY]
+    if not perf.records:
         return
+    write = terminalreporter.write_line
     terminalreporter.write_sep("=", "mlxperf results")
-    terminalreporter.write_line(f"machine: {session.machine_id} {session.fingerprint}")
-    terminalreporter.write_line(table(session.results))
-    for result in session.results:
-        if result.verdict in EXPLAINED:
-            terminalreporter.write_line(result.report())
-    new = sum(r.verdict is Verdict.NEW and not r.saved for r in session.results)
+    write(f"machine: {perf.machine_id} {perf.fingerprint}")
+    write(table(perf.records))
+    for record in perf.records:
+        if record["verdict"] in EXPLAINED:
+            write(record["message"])
+    new = sum(r["verdict"] == Verdict.NEW.value and not r["saved"] for r in perf.records)
     if new:
-        terminalreporter.write_line(
-            f"{new} measurement(s) without a baseline: record them with --mlxperf-save-baselines"
-        )
-    if session.settings.json:
-        terminalreporter.write_line(f"results written to {session.settings.json}")
+        write(f"{new} measurement(s) without a baseline: record them with --mlxperf-save-baselines")
+    if perf.settings.json:
+        write(f"results written to {perf.settings.json}")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist controller: give each worker the folder where it leaves its result records."""
+    perf = node.config.stash[SESSION_KEY]
+    if perf.xdist_dir is None:
+        perf.xdist_dir = Path(tempfile.mkdtemp(prefix="mlxperf-xdist-"))
+    node.workerinput[XDIST_DIR] = str(perf.xdist_dir)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    perf = session.config.stash[SESSION_KEY]
-    if perf.settings.json and perf.results:
-        write_json(
-            Path(perf.settings.json),
-            results_document(perf.results, perf.fingerprint, perf.machine_id),
-        )
+    config = session.config
+    perf = config.stash[SESSION_KEY]
     perf.close()
+    records = [r.to_json() for r in perf.results]
+    worker = getattr(config, "workerinput", None)
+    if worker is not None and XDIST_DIR in worker:
+        if records:
+            write_json(Path(worker[XDIST_DIR]) / f"{worker['workerid']}.json", records)
+        return
+    if perf.xdist_dir is not None:
+        for path in sorted(perf.xdist_dir.glob("*.json")):
+            records.extend(json.loads(path.read_text(encoding="utf-8")))
+        shutil.rmtree(perf.xdist_dir, ignore_errors=True)
+    perf.records = records
+    if perf.settings.json and records:
+        write_json(
+            Path(perf.settings.json), results_document(records, perf.fingerprint, perf.machine_id)
+        )

@@ -1,4 +1,8 @@
-"""Rendering results: the terminal summary table and the machine-readable JSON file."""
+"""Rendering results: the terminal summary table and the machine-readable JSON file.
+
+Everything here works on result *records* (``PerfResult.to_json()``), so results measured in
+other processes (xdist workers) and results read back from files render the same way.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,8 @@ from typing import Any
 from pytest_mlxperf import __version__
 from pytest_mlxperf.files import atomic_write
 from pytest_mlxperf.metrics import METRICS
-from pytest_mlxperf.session import PerfResult
 
+Record = dict[str, Any]
 TABLE_METRICS = ("prompt_tps", "generation_tps", "ttft", "peak_memory", "load_time")
 HEADERS = (
     "test",
@@ -27,34 +31,29 @@ HEADERS = (
 )
 
 
-def _cell(result: PerfResult, name: str) -> str:
-    text = METRICS[name].format(result.median(name))
-    change = next((c.change for c in result.comparisons if c.metric.name == name), None)
+def _cell(record: Record, name: str) -> str:
+    text = METRICS[name].format(record["medians"][name])
+    change = next((c["change"] for c in record["comparisons"] if c["metric"] == name), None)
     return text if change is None else f"{text} ({change:+.1%})"
 
 
-def rows(results: Sequence[PerfResult]) -> list[tuple[str, ...]]:
-    out = []
-    for r in results:
-        m = r.measurement
-        test = r.nodeid.split("::", 1)[-1]
-        verdict = r.verdict.value + (" (saved)" if r.saved else "")
-        out.append(
-            (
-                test,
-                m.backend,
-                m.model["name"],
-                m.workload.label,
-                *(_cell(r, name) for name in TABLE_METRICS),
-                verdict,
-            )
+def rows(records: Sequence[Record]) -> list[tuple[str, ...]]:
+    return [
+        (
+            r["test"].split("::", 1)[-1],
+            r["backend"],
+            r["model"]["name"],
+            r["workload_label"],
+            *(_cell(r, name) for name in TABLE_METRICS),
+            r["verdict"] + (" (saved)" if r["saved"] else ""),
         )
-    return out
+        for r in records
+    ]
 
 
-def table(results: Sequence[PerfResult]) -> str:
+def table(records: Sequence[Record]) -> str:
     """A fixed-width table: one row per measurement, each metric with its change vs baseline."""
-    body = rows(results)
+    body = rows(records)
     widths = [max(len(row[i]) for row in (HEADERS, *body)) for i in range(len(HEADERS))]
 
     def line(row: Sequence[str]) -> str:
@@ -65,15 +64,15 @@ def table(results: Sequence[PerfResult]) -> str:
 
 
 def results_document(
-    results: Sequence[PerfResult], machine: dict[str, Any], machine_id: str
+    records: Sequence[Record], machine: dict[str, Any], machine_id: str
 ) -> dict[str, Any]:
     return {
         "pytest_mlxperf": __version__,
         "machine": machine,
         "machine_id": machine_id,
-        "results": [r.to_json() for r in results],
+        "results": list(records),
     }
 
 
-def write_json(path: Path, document: dict[str, Any]) -> None:
+def write_json(path: Path, document: Any) -> None:
     atomic_write(path, json.dumps(document, indent=2, sort_keys=True) + "\n")

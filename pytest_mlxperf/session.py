@@ -157,6 +157,7 @@ class PerfResult:
                 for c in self.comparisons
             ],
             "notes": self.notes,
+            "message": self.report(),
             "baseline_file": str(self.baseline_path),
             "baseline_provenance": self.baseline_provenance,
             "provenance": self.provenance,
@@ -182,7 +183,9 @@ class PerfSession:
         self.rootdir = rootdir
         self.store = BaselineStore(rootdir / settings.baselines_dir)
         self.models: dict[tuple[str, str], backends.LoadedModel] = {}
-        self.results: list[PerfResult] = []
+        self.results: list[PerfResult] = []  # measured in this process
+        self.records: list[dict[str, Any]] = []  # all results of the run, as JSON records
+        self.xdist_dir: Path | None = None
 
     @cached_property
     def fingerprint(self) -> dict[str, Any]:

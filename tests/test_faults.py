@@ -4,6 +4,7 @@ only the affected test, with a clear reason, and loses no baseline."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import signal
@@ -199,3 +200,30 @@ def test_impossible_workload_is_refused_before_timing(pytester: pytest.Pytester)
         ]
     )
     result.stdout.fnmatch_lines(["*needs 128 tokens of context*max KV size is 100*"])
+
+
+def test_xdist_serializes_measurements_and_merges_results(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_suite="""
+        import pytest
+
+        @pytest.mark.parametrize("n", [1, 2, 3, 4])
+        def test_perf(mlxperf, n):
+            model = mlxperf.load("llamacpp", "synth:tiny")
+            mlxperf.measure(model, prompt_tokens=16 * n, generation_tokens=32)
+
+        @pytest.mark.parametrize("n", range(20))
+        def test_plain(n):
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("--mlxperf", "-n", "2", "--mlxperf-json", "r.json")
+    result.assert_outcomes(passed=24)
+    result.stdout.fnmatch_lines(["*mlxperf results*", "*test_perf?4?*llamacpp*pp64+tg32*new*"])
+    records = json.loads((pytester.path / "r.json").read_text())["results"]
+    assert len(records) == 4
+    # perf_counter is system-wide monotonic on Linux: measurements in the two workers must not
+    # overlap in time
+    spans = sorted((r["raw"][0]["t_start"], r["raw"][-1]["t_end"]) for r in records)
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert end <= start
