@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pytest_mlxperf import backends, machine
+from pytest_mlxperf import backends, machine, memory
 from pytest_mlxperf.baseline import BaselineStore
 from pytest_mlxperf.compare import MetricComparison, Verdict, compare_metric, overall
 from pytest_mlxperf.config import Settings
@@ -178,8 +178,14 @@ def measurement_lock() -> Any:
 class PerfSession:
     """State shared by every perf test of one pytest session."""
 
-    def __init__(self, settings: Settings, rootdir: Path) -> None:
+    def __init__(
+        self, settings: Settings, rootdir: Path, memory_resettable: bool | None = None
+    ) -> None:
         self.settings = settings
+        # where the process peak cannot be reset (macOS), each measurement gets a fresh worker
+        self.memory_resettable = (
+            memory.resettable() if memory_resettable is None else memory_resettable
+        )
         self.rootdir = rootdir
         self.store = BaselineStore(rootdir / settings.baselines_dir)
         self.models: dict[tuple[str, str], backends.LoadedModel] = {}
@@ -204,7 +210,9 @@ class PerfSession:
         calls reuse it, and a worker that died is replaced."""
         key = (backend, source)
         cached = self.models.get(key)
-        if cached is None or not getattr(cached, "alive", True):
+        if isinstance(cached, WorkerModel) and not cached.alive:
+            cached.restart()
+        if cached is None:
             cache = Path(self.settings.cache_dir) if self.settings.cache_dir else None
             if self.settings.isolate:
                 backends.check_available(backend)
@@ -234,6 +242,8 @@ class PerfSession:
             raise ValueError(
                 f"{nodeid} measured {key!r} twice; give each measurement its own name= argument"
             )
+        if isinstance(model, WorkerModel) and model.used and not self.memory_resettable:
+            model.restart()
         with measurement_lock():
             measurement = measure(
                 model,

@@ -89,21 +89,32 @@ class WorkerModel(LoadedModel):
         self.timeout = timeout
         self.memory_limit = memory_limit
         self._describe = f"worker for {backend} model {source!r}"
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(
-            target=_serve,
-            args=(child, backend, source, str(cache_dir) if cache_dir else None),
-            name=f"mlxperf-{backend}",
-            daemon=True,
-        )
-        self._proc.start()
-        child.close()
-        info = self._call_result("load")
+        self._args = (backend, source, str(cache_dir) if cache_dir else None)
+        self.used = False
+        info = self._start()
         self.identity = info["identity"]
         self.load_time = info["load_time"]
         self.vocab_size = info["vocab_size"]
         self.context_length = info["context_length"]
+
+    def _start(self) -> dict[str, Any]:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=_serve, args=(child, *self._args), name=f"mlxperf-{self.backend}", daemon=True
+        )
+        self._proc.start()
+        child.close()
+        return self._call_result("load")
+
+    def restart(self) -> None:
+        """Replace the worker process by a fresh one with the same model (after a crash, or to
+        start a measurement with a clean process peak where the OS cannot reset it)."""
+        self.close()
+        info = self._start()
+        if info["identity"] != self.identity:
+            raise WorkerError(f"{self._describe}: the model changed on disk during the session")
+        self.used = False
 
     @property
     def pid(self) -> int | None:
@@ -177,6 +188,7 @@ class WorkerModel(LoadedModel):
         return self._call("tokenize", text)
 
     def run(self, prompt: list[int], context: list[int], workload: Workload) -> RawSample:
+        self.used = True
         return self._call("run", prompt, context, workload)
 
     def close(self) -> None:

@@ -1,0 +1,66 @@
+"""Process peak memory on Linux for real, the macOS path with injected platform facts, and the
+session's policy of a fresh worker per measurement where the peak cannot be reset."""
+
+from __future__ import annotations
+
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_mlxperf import memory
+from pytest_mlxperf.config import Settings
+from pytest_mlxperf.session import PerfSession
+from pytest_mlxperf.workload import Workload
+
+
+def test_parse_vmhwm() -> None:
+    status = "Name:\tpython\nVmPeak:\t  999 kB\nVmHWM:\t  2048 kB\nVmRSS:\t 1000 kB\n"
+    assert memory.parse_vmhwm(status) == 2048 * 1024
+    with pytest.raises(ValueError):
+        memory.parse_vmhwm("Name: x\n")
+
+
+def test_parse_rusage_v4_reads_the_lifetime_max_footprint() -> None:
+    fields = [0] * 35
+    fields[7] = 111  # ri_phys_footprint: the current value, not the peak
+    fields[28] = 5_000_000_000  # ri_lifetime_max_phys_footprint
+    fields[33] = 222  # ri_interval_max_phys_footprint
+    buffer = struct.pack("=16s35Q", b"u" * 16, *fields)
+    assert memory.parse_rusage_v4(buffer) == 5_000_000_000
+
+
+def test_platform_facts() -> None:
+    assert memory.resettable("linux")
+    assert not memory.resettable("darwin")
+    assert memory.reset_peak("darwin") is False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
+def test_linux_peak_resets_to_current() -> None:
+    block = bytearray(300_000_000)
+    block[::4096] = b"x" * len(block[::4096])  # touch every page
+    del block
+    assert memory.peak() >= 300_000_000
+    assert memory.reset_peak()
+    assert memory.peak() < 250_000_000
+
+
+@pytest.mark.usefixtures("synth_cache")
+@pytest.mark.parametrize("resettable", [True, False])
+def test_fresh_worker_per_measurement_where_peak_cannot_be_reset(
+    tmp_path: Path, resettable: bool
+) -> None:
+    session = PerfSession(Settings(repetitions=1, warmup=0), tmp_path, resettable)
+    try:
+        model = session.load("llamacpp", "synth:tiny")
+        pids = []
+        for n in (8, 16):
+            session.run(
+                "t.py::t", model, Workload(prompt_tokens=n, generation_tokens=4), session.settings
+            )
+            pids.append(model.pid)
+        assert (pids[0] == pids[1]) is resettable
+    finally:
+        session.close()
