@@ -13,6 +13,7 @@ file sizes with the published model's.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 import time
@@ -27,16 +28,25 @@ REAL = {
     "llama-3.2-1b": {
         # meta-llama/Llama-3.2-1B model card: 1.24B parameters (tied embeddings counted once)
         "params": 1_235_814_400,
-        # bartowski/Llama-3.2-1B-Instruct-GGUF: Llama-3.2-1B-Instruct-Q4_K_M.gguf, 0.81 GB
-        "gguf Q4_K_M": 0.81e9,
+        # bartowski/Llama-3.2-1B-Instruct-GGUF: Llama-3.2-1B-Instruct-Q4_K_M.gguf, LFS size
+        # 807694464 (sha256 6f85a640...); other llama.cpp Q4_K_M uploads are also 808 MB
+        "gguf Q4_K_M": 807_694_464,
         # mlx-community/Llama-3.2-1B-Instruct-4bit: model.safetensors, 695 MB (16-bit scales)
         "mlx 4bit": 695e6,
     },
 }
 QWEN2_TINY = synth.ModelShape(
-    arch="qwen2", vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-    num_attention_heads=4, num_key_value_heads=2, rope_theta=1e6, rope_llama3_factor=None,
-    tie_word_embeddings=True, rms_norm_eps=1e-6,
+    arch="qwen2",
+    vocab_size=512,
+    hidden_size=256,
+    intermediate_size=512,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    rope_theta=1e6,
+    rope_llama3_factor=None,
+    tie_word_embeddings=True,
+    rms_norm_eps=1e-6,
 )
 TOKENIZER_TEXTS = [
     "Hello world! The quick brown fox's 12345 jumps; naïve café 東京 😀\n\n  two  spaces\tTab",
@@ -60,15 +70,20 @@ def tiny_builds(cache: Path) -> None:
     jobs = [("hf", None)] + [("mlx", q) for q in ("fp32", "fp16", "bf16", "4bit", "8bit")]
     jobs += [("gguf", q) for q in ("F32", "F16", "Q8_0", "Q4_0", "Q4_K_M")]
     for kind, quant in jobs:
+
         def one(kind=kind, quant=quant) -> Path:
             if kind == "hf":
                 return synth.build_hf("tiny", cache_dir=cache)
-            return synth.build("mlx" if kind == "mlx" else "llamacpp", "tiny", quant,
-                               cache_dir=cache)
+            return synth.build(
+                "mlx" if kind == "mlx" else "llamacpp", "tiny", quant, cache_dir=cache
+            )
+
         path, cold = timed(one)
         _, hit = timed(one)
-        print(f"{kind + ' ' + (quant or ''):<14} {cold:8.2f} {hit:8.3f} "
-              f"{synth._human(size_of(path)):>10}")
+        print(
+            f"{kind + ' ' + (quant or ''):<14} {cold:8.2f} {hit:8.3f} "
+            f"{synth._human(size_of(path)):>10}"
+        )
 
 
 def logits_agreement(cache: Path) -> None:
@@ -88,9 +103,11 @@ def logits_agreement(cache: Path) -> None:
         theirs = np.array(llm.scores[: len(prompt)])
         diff = np.abs(ours - theirs)
         same_argmax = float(np.mean(ours.argmax(-1) == theirs.argmax(-1)))
-        print(f"{label:<11} max abs diff {diff.max():.2e} (last token {diff[-1].max():.2e}); "
-              f"logits std {ours.std():.3f}, max |logit| {np.abs(ours).max():.3f}; "
-              f"argmax agreement {same_argmax:.1%}")
+        print(
+            f"{label:<11} max abs diff {diff.max():.2e} (last token {diff[-1].max():.2e}); "
+            f"logits std {ours.std():.3f}, max |logit| {np.abs(ours).max():.3f}; "
+            f"argmax agreement {same_argmax:.1%}"
+        )
 
 
 def tokenizer_agreement(cache: Path) -> None:
@@ -99,16 +116,32 @@ def tokenizer_agreement(cache: Path) -> None:
 
     print("\n== tokenizer: mlx_lm (HF) vs llama.cpp on the same text, no BOS")
     rng = np.random.default_rng(1)
-    alphabet = [*"abcdefXYZ019 .,;:!?'\"()[]<>-_=+*/\\\n\t\r", "  ", "\n\n", "é", "東", "😀",
-                "'s", "'LL", "\u00a0", "ß"]
+    alphabet = [
+        *"abcdefXYZ019 .,;:!?'\"()[]<>-_=+*/\\\n\t\r",
+        "  ",
+        "\n\n",
+        "é",
+        "東",
+        "😀",
+        "'s",
+        "'LL",
+        "\u00a0",
+        "ß",
+    ]
     fuzz = ["".join(rng.choice(alphabet, size=int(rng.integers(1, 40)))) for _ in range(2000)]
     for label, shape in (("llama tiny", "tiny"), ("qwen2 tiny", QWEN2_TINY)):
         _, tokenizer = load(str(synth.build_mlx(shape, "fp32", cache_dir=cache)))
-        llm = Llama(model_path=str(synth.build_gguf(shape, "F32", cache_dir=cache)),
-                    vocab_only=True, verbose=False)
+        llm = Llama(
+            model_path=str(synth.build_gguf(shape, "F32", cache_dir=cache)),
+            vocab_only=True,
+            verbose=False,
+        )
         texts = TOKENIZER_TEXTS + fuzz + [next(synth._training_corpus(50_000))]
-        same = sum(tokenizer.encode(t, add_special_tokens=False)
-                   == llm.tokenize(t.encode(), add_bos=False, special=False) for t in texts)
+        same = sum(
+            tokenizer.encode(t, add_special_tokens=False)
+            == llm.tokenize(t.encode(), add_bos=False, special=False)
+            for t in texts
+        )
         print(f"{label:<11} identical ids for {same}/{len(texts)} texts")
 
 
@@ -121,7 +154,8 @@ def real_shape(preset: str, cache: Path) -> None:
     counted = 0
     for file in hf.glob("model*.safetensors"):
         with safe_open(str(file), framework="numpy") as st:
-            counted += sum(int(np.prod(st.get_slice(k).get_shape())) for k in st.keys())
+            names = st.keys()
+            counted += sum(int(np.prod(st.get_slice(name).get_shape())) for name in names)
     ref = REAL.get(preset, {})
 
     def versus(value: float, key: str, fmt) -> str:
@@ -129,28 +163,54 @@ def real_shape(preset: str, cache: Path) -> None:
             return fmt(value)
         return f"{fmt(value)} vs real {fmt(ref[key])} ({value / ref[key] - 1:+.1%})"
 
-    print(f"params: {versus(counted, 'params', lambda v: f'{v / 1e9:.4f}B')} "
-          f"(ModelShape.param_count {shape.param_count():,})")
-    print(f"hf fp32 {seconds:7.1f}s  {synth._human(size_of(hf))}")
-    for label, build, kw in (
-        ("mlx 4bit", synth.build_mlx, {"quant": "4bit", "dtype": "bfloat16"}),
-        ("mlx 4bit f32", synth.build_mlx, {"quant": "4bit"}),
-        ("gguf Q4_K_M", synth.build_gguf, {"quant": "Q4_K_M"}),
+    print(
+        f"params: {versus(counted, 'params', lambda v: f'{v / 1e9:.4f}B')} "
+        f"(ModelShape.param_count {shape.param_count():,})"
+    )
+    print(f"{'hf fp32':<12} {seconds:7.1f}s  weights {synth._human(size_of(hf))}")
+    for label, build, kw, note in (
+        ("mlx 4bit", synth.build_mlx, {"dtype": "bfloat16"}, "16-bit scales like mlx-community"),
+        ("mlx 4bit f32", synth.build_mlx, {}, "the default: scales and norms in float32"),
+        ("gguf Q4_K_M", synth.build_gguf, {}, ""),
     ):
         path, seconds = timed(build, preset, cache_dir=cache, **kw)
-        weights = sum(size_of(path.parent / w if path.is_file() else path / w)
-                      for w in synth.read_spec(path)["weights"])
-        print(f"{label:<12} {seconds:7.1f}s  weights "
-              f"{versus(weights, label.removesuffix(' f32'), synth._human)}"
-              + ("  [dtype float32: scales/norms in f32]" if label.endswith("f32") else "")
-              + ("  [dtype bfloat16, like mlx-community]" if label == "mlx 4bit" else ""))
+        folder = path.parent if path.is_file() else path
+        weights = sum(size_of(folder / name) for name in synth.read_spec(path)["weights"])
+        size = versus(weights, label.removesuffix(" f32"), synth._human)
+        print(f"{label:<12} {seconds:7.1f}s  weights {size}  {note}".rstrip())
+        if kw.get("dtype") != "bfloat16":  # 16-bit MLX on CPU: ~50 s per token at this size
+            print(f"{'':<12} {smoke(path)}")
+
+
+def smoke(path: Path) -> str:
+    """Load the model and generate two tokens (real shapes are slow on small CPUs)."""
+    start = time.perf_counter()
+    if path.suffix == ".gguf":
+        from llama_cpp import Llama
+
+        llm = Llama(model_path=str(path), n_ctx=256, verbose=False)
+        tokens = list(itertools.islice(llm.generate(llm.tokenize(b"Once upon"), temp=0.0), 2))
+    else:
+        import mlx.core as mx
+        from mlx_lm import load
+        from mlx_lm.generate import generate_step
+
+        model, tokenizer = load(str(path))
+        steps = generate_step(mx.array(tokenizer.encode("Once upon")), model)
+        tokens = [int(token) for (token, _), _ in zip(steps, range(2), strict=False)]
+    return f"loads and generates {len(tokens)} tokens in {time.perf_counter() - start:.1f}s"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache-dir", type=Path, help="cache root (default: a fresh temp dir)")
-    parser.add_argument("--real", action="append", default=[], choices=sorted(synth.PRESETS),
-                        help="also build this real-shape preset (repeatable)")
+    parser.add_argument(
+        "--real",
+        action="append",
+        default=[],
+        choices=sorted(synth.PRESETS),
+        help="also build this real-shape preset (repeatable)",
+    )
     parser.add_argument("--skip-tiny", action="store_true", help="only the --real presets")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="synth-check-") as tmp:

@@ -80,12 +80,20 @@ class _TokenizerStyle:
 
 _TOKENIZER_STYLE = {
     "llama": _TokenizerStyle(
-        "llama-bpe", _LLAMA3_REGEX, True,
-        ("<|begin_of_text|>", "<|end_of_text|>"), "<|begin_of_text|>", "<|end_of_text|>",
+        gguf_pre="llama-bpe",
+        regex=_LLAMA3_REGEX,
+        ignore_merges=True,
+        specials=("<|begin_of_text|>", "<|end_of_text|>"),
+        bos="<|begin_of_text|>",
+        eos="<|end_of_text|>",
     ),
     "qwen2": _TokenizerStyle(
-        "qwen2", _QWEN2_REGEX, False,
-        ("<|endoftext|>", "<|im_start|>", "<|im_end|>"), None, "<|endoftext|>",
+        gguf_pre="qwen2",
+        regex=_QWEN2_REGEX,
+        ignore_merges=False,
+        specials=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        bos=None,
+        eos="<|endoftext|>",
     ),
 }
 _HF_ARCHITECTURE = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
@@ -135,20 +143,32 @@ class ModelShape:
     def __post_init__(self) -> None:
         if self.arch not in _TOKENIZER_STYLE:
             raise SynthError(f"arch must be one of {sorted(_TOKENIZER_STYLE)}, not {self.arch!r}")
-        for name in ("hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
+        for name in (
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "max_position_embeddings",
+        ):
             if getattr(self, name) < 1:
                 raise SynthError(f"{name} must be positive, not {getattr(self, name)}")
         minimum = 256 + len(_TOKENIZER_STYLE[self.arch].specials) + 64
         if self.vocab_size < minimum:
-            raise SynthError(f"vocab_size must be at least {minimum} (256 bytes, special "
-                             f"tokens and some merges), not {self.vocab_size}")
+            raise SynthError(
+                f"vocab_size must be at least {minimum} (256 bytes, special "
+                f"tokens and some merges), not {self.vocab_size}"
+            )
         if self.hidden_size % self.num_attention_heads:
-            raise SynthError(f"hidden_size={self.hidden_size} is not a multiple of "
-                             f"num_attention_heads={self.num_attention_heads}")
+            raise SynthError(
+                f"hidden_size={self.hidden_size} is not a multiple of "
+                f"num_attention_heads={self.num_attention_heads}"
+            )
         if self.num_attention_heads % self.num_key_value_heads:
-            raise SynthError(f"num_attention_heads={self.num_attention_heads} is not a multiple "
-                             f"of num_key_value_heads={self.num_key_value_heads}")
+            raise SynthError(
+                f"num_attention_heads={self.num_attention_heads} is not a multiple "
+                f"of num_key_value_heads={self.num_key_value_heads}"
+            )
         if self.head_dim % 2:
             raise SynthError(f"head_dim={self.head_dim} must be even for rotary embeddings")
         if self.rope_llama3_factor is not None and self.arch != "llama":
@@ -233,8 +253,11 @@ class ModelShape:
                     "original_max_position_embeddings": self.rope_original_context,
                 }
         else:
-            cfg.update(use_sliding_window=False, sliding_window=self.max_position_embeddings,
-                       max_window_layers=self.num_hidden_layers)
+            cfg.update(
+                use_sliding_window=False,
+                sliding_window=self.max_position_embeddings,
+                max_window_layers=self.num_hidden_layers,
+            )
         return cfg
 
 
@@ -243,20 +266,38 @@ PRESETS: dict[str, ModelShape] = {
     # output.weight path is exercised (the qwen2 tests cover tied embeddings).
     "tiny": ModelShape(),
     "llama-3.2-1b": ModelShape(
-        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=131072,
         tie_word_embeddings=True,
     ),
     "llama-3.2-3b": ModelShape(
-        vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
-        num_attention_heads=24, num_key_value_heads=8, max_position_embeddings=131072,
+        vocab_size=128256,
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=28,
+        num_attention_heads=24,
+        num_key_value_heads=8,
+        max_position_embeddings=131072,
         tie_word_embeddings=True,
     ),
     "qwen2.5-0.5b": ModelShape(
-        arch="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
-        num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-        max_position_embeddings=32768, rope_theta=1000000.0, rope_llama3_factor=None,
-        tie_word_embeddings=True, rms_norm_eps=1e-6,
+        arch="qwen2",
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        rope_llama3_factor=None,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
     ),
 }
 
@@ -287,8 +328,13 @@ def default_cache_dir() -> Path:
 
 
 def _spec(kind: str, shape: ModelShape, seed: int, **extra: Any) -> dict[str, Any]:
-    return {"factory_version": FACTORY_VERSION, "kind": kind, "shape": asdict(shape),
-            "seed": seed, **extra}
+    return {
+        "factory_version": FACTORY_VERSION,
+        "kind": kind,
+        "shape": asdict(shape),
+        "seed": seed,
+        **extra,
+    }
 
 
 def _sha256_files(paths: list[Path]) -> str:
@@ -310,8 +356,13 @@ def _versions(*dists: str) -> dict[str, str]:
     return found
 
 
-def _materialize(cache_dir: Path | None, label: str, spec: dict[str, Any],
-                 build: Callable[[Path], list[str]], dists: tuple[str, ...]) -> tuple[Path, bool]:
+def _materialize(
+    cache_dir: Path | None,
+    label: str,
+    spec: dict[str, Any],
+    build: Callable[[Path], list[str]],
+    dists: tuple[str, ...],
+) -> tuple[Path, bool]:
     """Return (folder, built) for ``spec``, building it at most once across processes.
 
     ``build(tmp)`` creates the folder ``tmp`` and returns the names of its weight files. The
@@ -377,8 +428,11 @@ def _training_corpus(n_chars: int) -> Iterator[str]:
     lengths = rng.integers(1, 4, n_words)
     parts = rng.integers(0, 1 << 30, (n_words, 7))
     words = [
-        "".join(onsets[parts[w, k] % len(onsets)] + nuclei[parts[w, k + 3] % len(nuclei)]
-                for k in range(lengths[w])) + codas[parts[w, 6] % len(codas)]
+        "".join(
+            onsets[parts[w, k] % len(onsets)] + nuclei[parts[w, k + 3] % len(nuclei)]
+            for k in range(lengths[w])
+        )
+        + codas[parts[w, 6] % len(codas)]
         for w in range(n_words)
     ]
     words[:12] = ["the", "of", "and", "to", "in", "is", "that", "for", "it", "with", "東京", "数据"]
@@ -420,26 +474,32 @@ def _train_tokenizer(shape: ModelShape) -> dict[str, Any]:
     tk = _require("tokenizers", "synth")
     style = _TOKENIZER_STYLE[shape.arch]
     tokenizer = tk.Tokenizer(tk.models.BPE(ignore_merges=style.ignore_merges))
-    tokenizer.pre_tokenizer = tk.pre_tokenizers.Sequence([
-        tk.pre_tokenizers.Split(tk.Regex(style.regex), behavior="isolated"),
-        tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tokenizer.pre_tokenizer = tk.pre_tokenizers.Sequence(
+        [
+            tk.pre_tokenizers.Split(tk.Regex(style.regex), behavior="isolated"),
+            tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tokenizer.decoder = tk.decoders.ByteLevel()
     if style.bos:
         tokenizer.post_processor = tk.processors.TemplateProcessing(
-            single=f"{style.bos} $A", pair=f"{style.bos} $A {style.bos} $B",
+            single=f"{style.bos} $A",
+            pair=f"{style.bos} $A {style.bos} $B",
             special_tokens=[(style.bos, style.specials.index(style.bos))],
         )
     else:
         tokenizer.post_processor = tk.processors.ByteLevel(trim_offsets=False)
     trained = min(shape.vocab_size, _MAX_TRAINED_VOCAB)
     trainer = tk.trainers.BpeTrainer(
-        vocab_size=trained, min_frequency=2, show_progress=False,
+        vocab_size=trained,
+        min_frequency=2,
+        show_progress=False,
         special_tokens=list(style.specials),
         initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(),
     )
-    tokenizer.train_from_iterator(_training_corpus(min(max(trained * 300, 300_000), 2_500_000)),
-                                  trainer)
+    tokenizer.train_from_iterator(
+        _training_corpus(min(max(trained * 300, 300_000), 2_500_000)), trainer
+    )
     content = json.loads(tokenizer.to_str())
     vocab = content["model"]["vocab"]
     vocab.update({f"[PAD{i}]": i for i in range(len(vocab), shape.vocab_size)})
@@ -493,8 +553,11 @@ def _write_hf(folder: Path, shape: ModelShape, seed: int) -> list[str]:
             size = 0
         shards[-1].append(name)
         size += nbytes
-    files = (["model.safetensors"] if len(shards) == 1 else
-             [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))])
+    files = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
+    )
     tensors = _random_tensors(shape, seed)
     weight_map = {}
     for file, names in zip(files, shards, strict=True):
@@ -511,9 +574,13 @@ def _write_hf(folder: Path, shape: ModelShape, seed: int) -> list[str]:
 
 def _build_hf(shape: str | ModelShape, seed: int, cache_dir: Path | None) -> tuple[Path, bool]:
     label, model = _resolve(shape)
-    return _materialize(cache_dir, label, _spec("hf", model, seed),
-                        lambda tmp: _write_hf(tmp, model, seed),
-                        ("numpy", "safetensors", "tokenizers"))
+    return _materialize(
+        cache_dir,
+        label,
+        _spec("hf", model, seed),
+        lambda tmp: _write_hf(tmp, model, seed),
+        ("numpy", "safetensors", "tokenizers"),
+    )
 
 
 def build_hf(shape: str | ModelShape, *, seed: int = 0, cache_dir: Path | None = None) -> Path:
@@ -524,8 +591,9 @@ def build_hf(shape: str | ModelShape, *, seed: int = 0, cache_dir: Path | None =
 # --------------------------------------------------------------------------- MLX
 
 
-def _mlx_settings(model: ModelShape, quant: str, group_size: int, dtype: str
-                  ) -> tuple[int | None, str]:
+def _mlx_settings(
+    model: ModelShape, quant: str, group_size: int, dtype: str
+) -> tuple[int | None, str]:
     """(bits or None, dtype) for an MLX quantization name, after checking the combination."""
     name = quant.lower()
     if name not in MLX_QUANTS:
@@ -542,8 +610,14 @@ def _mlx_settings(model: ModelShape, quant: str, group_size: int, dtype: str
     return int(name.removesuffix("bit")), dtype
 
 
-def _build_mlx(shape: str | ModelShape, quant: str, group_size: int, dtype: str, seed: int,
-               cache_dir: Path | None) -> tuple[Path, bool]:
+def _build_mlx(
+    shape: str | ModelShape,
+    quant: str,
+    group_size: int,
+    dtype: str,
+    seed: int,
+    cache_dir: Path | None,
+) -> tuple[Path, bool]:
     label, model = _resolve(shape)
     bits, dtype = _mlx_settings(model, quant, group_size, dtype)
     spec = _spec("mlx", model, seed, quant=quant.lower(), dtype=dtype)
@@ -554,15 +628,28 @@ def _build_mlx(shape: str | ModelShape, quant: str, group_size: int, dtype: str,
         convert = _require("mlx_lm.convert", "mlx").convert
         hf = build_hf(model, seed=seed, cache_dir=cache_dir)
         with contextlib.redirect_stdout(io.StringIO()):  # mlx_lm prints [INFO] progress lines
-            convert(str(hf), str(tmp), quantize=bits is not None, q_group_size=group_size,
-                    q_bits=bits, dtype=dtype)
+            convert(
+                str(hf),
+                str(tmp),
+                quantize=bits is not None,
+                q_group_size=group_size,
+                q_bits=bits,
+                dtype=dtype,
+            )
         return sorted(p.name for p in tmp.glob("*.safetensors"))
 
     return _materialize(cache_dir, label, spec, build, ("mlx", "mlx-lm"))
 
 
-def build_mlx(shape: str | ModelShape, quant: str = "4bit", *, group_size: int = 64,
-              dtype: str = "float32", seed: int = 0, cache_dir: Path | None = None) -> Path:
+def build_mlx(
+    shape: str | ModelShape,
+    quant: str = "4bit",
+    *,
+    group_size: int = 64,
+    dtype: str = "float32",
+    seed: int = 0,
+    cache_dir: Path | None = None,
+) -> Path:
     """Build (or reuse) an MLX model folder loadable by ``mlx_lm.load``.
 
     ``quant``: "fp32", "fp16", "bf16" (all weights in that dtype) or "2bit".."8bit" (affine,
@@ -579,7 +666,7 @@ def build_mlx(shape: str | ModelShape, quant: str = "4bit", *, group_size: int =
 def _gguf_ftype(quant: str) -> tuple[str, int]:
     """Canonical name and llama_ftype value of a GGUF quantization ("q4_k_m",
     "LLAMA_FTYPE_MOSTLY_Q4_K_M" and "Q4_K_M" are the same)."""
-    gguf = _require("gguf", "llamacpp")
+    gguf = _require("gguf", "synth")
     name = quant.upper().removeprefix("LLAMA_FTYPE_")
     names = {m.name.split("_", 1)[1]: m for m in gguf.LlamaFileType if m.name != "GUESSED"}
     ftype = names.get(name.removeprefix("MOSTLY_").removeprefix("ALL_"))
@@ -590,7 +677,7 @@ def _gguf_ftype(quant: str) -> tuple[str, int]:
 
 def _gguf_block_size(name: str) -> int:
     """Row block size of the main ggml type of a file type (Q4_K_M -> Q4_K -> 256)."""
-    gguf = _require("gguf", "llamacpp")
+    gguf = _require("gguf", "synth")
     types = gguf.GGMLQuantizationType.__members__
     parts = name.split("_")
     for n in range(len(parts), 0, -1):
@@ -609,17 +696,24 @@ def _check_gguf_rows(model: ModelShape, name: str, allow_fallback: bool) -> bool
     bad = {dim: rows for dim, rows in model.row_sizes().items() if rows % block}
     if not bad:
         return False
-    where = {"hidden_size": "token_embd/attn_q/k/v/ffn_gate/ffn_up",
-             "intermediate_size": "ffn_down",
-             "num_attention_heads*head_dim": "attn_output"}
-    detail = "; ".join(f"{dim}={rows} (rows of blk.*.{where[dim]}.weight)"
-                       for dim, rows in bad.items())
+    tensors = {
+        "hidden_size": "token_embd, blk.*.attn_q/attn_k/attn_v/ffn_gate/ffn_up",
+        "intermediate_size": "blk.*.ffn_down",
+        "num_attention_heads*head_dim": "blk.*.attn_output",
+    }
+    detail = "; ".join(f"{dim}={rows} (rows of {tensors[dim]})" for dim, rows in bad.items())
     if block == 256 and allow_fallback and all(rows % 32 == 0 for rows in bad.values()):
         return True
-    hint = (" (pass allow_fallback=True / --allow-fallback to accept llama.cpp's fallback "
-            "types for those tensors, as real files of such shapes do)" if block == 256 else "")
-    raise SynthError(f"{name} needs matrix rows that are multiples of {block}, but {detail} "
-                     f"is not{hint}")
+    hint = (
+        "; pass allow_fallback=True (--allow-fallback) to accept llama.cpp's substitute types "
+        "for those tensors, as published files of such shapes do"
+        if block == 256
+        else ""
+    )
+    raise SynthError(
+        f"{name} needs every matrix row to be a multiple of {block} values, which {detail} "
+        f"{'is' if len(bad) == 1 else 'are'} not{hint}"
+    )
 
 
 def _gguf_tokenizer(writer: Any, gguf: ModuleType, hf: Path, model: ModelShape) -> None:
@@ -631,8 +725,12 @@ def _gguf_tokenizer(writer: Any, gguf: ModuleType, hf: Path, model: ModelShape) 
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(style.gguf_pre)
     writer.add_token_list(tokens)
-    writer.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL
-                            for i in range(len(tokens))])
+    writer.add_token_types(
+        [
+            gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL
+            for i in range(len(tokens))
+        ]
+    )
     writer.add_token_merges([" ".join(pair) for pair in content["model"]["merges"]])
     writer.add_bos_token_id(style.specials.index(style.bos or style.eos))
     writer.add_eos_token_id(style.specials.index(style.eos))
@@ -648,22 +746,27 @@ def _llama3_rope_factors(model: ModelShape) -> Any:
     freqs = 1.0 / model.rope_theta ** (np.arange(0, model.head_dim, 2) / model.head_dim)
     wavelen = 2 * math.pi / freqs
     smooth = (old_ctx / wavelen - low) / (high - low)
-    factors = np.where(wavelen < old_ctx / high, 1.0,
-                       np.where(wavelen > old_ctx / low, factor,
-                                1 / ((1 - smooth) / factor + smooth)))
+    factors = np.where(
+        wavelen < old_ctx / high,
+        1.0,
+        np.where(wavelen > old_ctx / low, factor, 1 / ((1 - smooth) / factor + smooth)),
+    )
     return factors.astype(np.float32)
 
 
 def _permute_rotary(weight: Any, heads: int) -> Any:
     """HF Llama rotates halves of each head; GGUF "llama" rotates interleaved pairs."""
     rows = weight.shape[0]
-    return (weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:])
-            .swapaxes(1, 2).reshape(weight.shape))
+    return (
+        weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
 
 
 def _write_gguf(path: Path, hf: Path, model: ModelShape, label: str, f16: bool) -> None:
     """Write the HF weights as an F32 or F16 GGUF, streaming one tensor at a time."""
-    gguf = _require("gguf", "llamacpp")
+    gguf = _require("gguf", "synth")
     import numpy as np
 
     safe_open = _require("safetensors", "synth").safe_open
@@ -705,12 +808,24 @@ def _write_gguf(path: Path, hf: Path, model: ModelShape, label: str, f16: bool) 
     plan: list[tuple[str, tuple[int, ...], Any, Callable[[], Any]]] = []
     if model.rope_llama3_factor is not None:
         factors = _llama3_rope_factors(model)
-        plan.append((gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
-                     factors.shape, factors.dtype, lambda: factors))
+        plan.append(
+            (
+                gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
+                factors.shape,
+                factors.dtype,
+                lambda: factors,
+            )
+        )
     for hf_name, dims in model.tensor_shapes().items():
         dtype = np.dtype(np.float16 if f16 and len(dims) == 2 else np.float32)
-        plan.append((names.get_name(hf_name, try_suffixes=(".weight", ".bias")), dims, dtype,
-                     lambda hf_name=hf_name: load(hf_name)))
+        plan.append(
+            (
+                names.get_name(hf_name, try_suffixes=(".weight", ".bias")),
+                dims,
+                dtype,
+                lambda hf_name=hf_name: load(hf_name),
+            )
+        )
     for name, dims, dtype, _ in plan:
         writer.add_tensor_info(name, dims, dtype, math.prod(dims) * dtype.itemsize)
     writer.write_header_to_file()
@@ -746,15 +861,17 @@ def _quantize_gguf(src: Path, dst: Path, name: str, ftype: int) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     with _native_stderr() as log:
-        status = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(),
-                                                ctypes.byref(params))
+        status = llama_cpp.llama_model_quantize(
+            str(src).encode(), str(dst).encode(), ctypes.byref(params)
+        )
     if status != 0:
         tail = "\n".join(log[0].strip().splitlines()[-8:])
         raise SynthError(f"llama.cpp could not quantize to {name} (status {status}):\n{tail}")
 
 
-def _build_gguf(shape: str | ModelShape, quant: str, seed: int, cache_dir: Path | None,
-                allow_fallback: bool) -> tuple[Path, bool]:
+def _build_gguf(
+    shape: str | ModelShape, quant: str, seed: int, cache_dir: Path | None, allow_fallback: bool
+) -> tuple[Path, bool]:
     label, model = _resolve(shape)
     name, ftype = _gguf_ftype(quant)
     spec = _spec("gguf", model, seed, quant=name)
@@ -776,8 +893,14 @@ def _build_gguf(shape: str | ModelShape, quant: str, seed: int, cache_dir: Path 
     return folder / file, built
 
 
-def build_gguf(shape: str | ModelShape, quant: str = "Q4_K_M", *, seed: int = 0,
-               cache_dir: Path | None = None, allow_fallback: bool = False) -> Path:
+def build_gguf(
+    shape: str | ModelShape,
+    quant: str = "Q4_K_M",
+    *,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    allow_fallback: bool = False,
+) -> Path:
     """Build (or reuse) a GGUF file for llama.cpp.
 
     F32 and F16 are written from the HF weights with the ``gguf`` package; every other
@@ -818,22 +941,45 @@ def _human(n: float) -> str:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``synth`` subcommand to the ``mlxperf`` command."""
     parser = subparsers.add_parser(
-        "synth", help="build cached synthetic models (offline, random weights)",
+        "synth",
+        help="build cached synthetic models (offline, random weights)",
         description="Build random-weight models of a preset shape for MLX and llama.cpp. "
-                    "Without --mlx/--gguf: MLX 4bit and GGUF Q4_K_M.")
+        "Without --mlx/--gguf: MLX 4bit and GGUF Q4_K_M.",
+    )
     parser.add_argument("preset", nargs="?", default="tiny", help="shape preset (see --list)")
-    parser.add_argument("--mlx", action="append", default=[], metavar="QUANT",
-                        help=f"MLX quantization, repeatable: {', '.join(MLX_QUANTS)}")
-    parser.add_argument("--gguf", action="append", default=[], metavar="QUANT",
-                        help="GGUF quantization, repeatable: F32, F16, Q8_0, Q4_0, Q4_K_M, ...")
+    parser.add_argument(
+        "--mlx",
+        action="append",
+        default=[],
+        metavar="QUANT",
+        help=f"MLX quantization, repeatable: {', '.join(MLX_QUANTS)}",
+    )
+    parser.add_argument(
+        "--gguf",
+        action="append",
+        default=[],
+        metavar="QUANT",
+        help="GGUF quantization, repeatable: F32, F16, Q8_0, Q4_0, Q4_K_M, ...",
+    )
     parser.add_argument("--seed", type=int, default=0, help="weights seed (default 0)")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help=f"cache root (default ${CACHE_ENV} or {default_cache_dir()})")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help=f"cache root (default ${CACHE_ENV} or {default_cache_dir()})",
+    )
     parser.add_argument("--group-size", type=int, default=64, help="MLX group size (64)")
-    parser.add_argument("--dtype", default="float32", choices=MLX_DTYPES,
-                        help="MLX dtype of the tensors that stay unquantized (float32)")
-    parser.add_argument("--allow-fallback", action="store_true",
-                        help="accept llama.cpp's fallback types for rows K-quants cannot hold")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=MLX_DTYPES,
+        help="MLX dtype of the tensors that stay unquantized (float32)",
+    )
+    parser.add_argument(
+        "--allow-fallback",
+        action="store_true",
+        help="accept llama.cpp's fallback types for rows K-quants cannot hold",
+    )
     parser.add_argument("--list", action="store_true", help="list the presets and exit")
     parser.set_defaults(func=run_cli)
 
@@ -841,27 +987,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``mlxperf synth``: print path, build time (or "cached") and size per artifact."""
     if args.list:
-        print(f"{'preset':<14} {'arch':<6} {'params':>9} {'hidden':>6} {'layers':>6} "
-              f"{'vocab':>7}")
+        print(f"{'preset':<14} {'arch':<6} {'params':>9} {'hidden':>6} {'layers':>6} {'vocab':>7}")
         for name, s in PRESETS.items():
             params = s.param_count()
             count = f"{params / 1e9:.2f}B" if params >= 1e9 else f"{params / 1e6:.1f}M"
-            print(f"{name:<14} {s.arch:<6} {count:>9} "
-                  f"{s.hidden_size:>6} {s.num_hidden_layers:>6} {s.vocab_size:>7}")
+            print(
+                f"{name:<14} {s.arch:<6} {count:>9} "
+                f"{s.hidden_size:>6} {s.num_hidden_layers:>6} {s.vocab_size:>7}"
+            )
         return 0
     jobs: list[tuple[str, str]] = [("mlx", q) for q in args.mlx] + [("gguf", q) for q in args.gguf]
     try:
         for backend, quant in jobs or [("mlx", "4bit"), ("gguf", "Q4_K_M")]:
             start = time.perf_counter()
             if backend == "mlx":
-                path, built = _build_mlx(args.preset, quant, args.group_size, args.dtype,
-                                         args.seed, args.cache_dir)
+                path, built = _build_mlx(
+                    args.preset, quant, args.group_size, args.dtype, args.seed, args.cache_dir
+                )
             else:
-                path, built = _build_gguf(args.preset, quant, args.seed, args.cache_dir,
-                                          args.allow_fallback)
+                path, built = _build_gguf(
+                    args.preset, quant, args.seed, args.cache_dir, args.allow_fallback
+                )
             status = f"built {time.perf_counter() - start:.1f}s" if built else "cached"
-            print(f"{backend:<4} {quant:<7} {status:>13} {_human(_disk_size(path)):>10}  {path}",
-                  flush=True)
+            print(
+                f"{backend:<4} {quant:<7} {status:>13} {_human(_disk_size(path)):>10}  {path}",
+                flush=True,
+            )
     except (SynthError, OSError) as exc:
         print(f"mlxperf synth: error: {exc}", file=sys.stderr)
         return 2
