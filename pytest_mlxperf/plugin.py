@@ -22,6 +22,7 @@ from pytest_mlxperf.session import PerfSession
 __all__ = ["mlxperf"]
 
 XDIST_DIR = "mlxperf_records_dir"
+REGRESSION_PROPERTY = ("mlxperf", "regression")
 STRICT_FAILURES = {Verdict.NEW, Verdict.NOT_COMPARABLE, Verdict.INCONCLUSIVE}
 # verdicts whose details the summary spells out (regressions are in the failure report)
 EXPLAINED = {Verdict.NOT_COMPARABLE, Verdict.INCONCLUSIVE, Verdict.IMPROVEMENT}
@@ -101,19 +102,27 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    if call.when == "call" and report.passed:
+    if call.when != "call":
+        return report
+    # every median and verdict as a report property: junitxml writes them as <property>s
+    for result in item.stash.get(RESULTS_KEY, []):
+        prefix = f"mlxperf.{result.key}"
+        report.user_properties.append((f"{prefix}.verdict", result.verdict.value))
+        for name in (*result.samples, "load_time"):
+            report.user_properties.append((f"{prefix}.{name}", result.median(name)))
+    if report.passed:
         failures = _failing(item)
         if failures:
             report.outcome = "failed"
             report.longrepr = "\n\n".join(failures)
-            report.user_properties.append(("mlxperf", "regression"))
+            report.user_properties.append(REGRESSION_PROPERTY)
     return report
 
 
 def pytest_report_teststatus(
     report: pytest.TestReport, config: pytest.Config
 ) -> tuple[str, str, str] | None:
-    if report.when == "call" and ("mlxperf", "regression") in report.user_properties:
+    if report.when == "call" and REGRESSION_PROPERTY in report.user_properties:
         return "failed", "R", "PERF REGRESSION"
     return None
 

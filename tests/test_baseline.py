@@ -137,3 +137,8 @@ def test_arbitrary_json_never_crashes_the_loader(tmp_path: Path, data: Any, wrap
     for e in entries.values():
         for samples in e["samples"].values():
             assert samples and all(isinstance(v, (int, float)) and v >= 0 for v in samples)
+
+
+def test_saved_file_is_readable_by_others(tmp_path: Path) -> None:
+    path = BaselineStore(tmp_path).save(NODE, "k1", "box", entry())
+    assert path.stat().st_mode & 0o044 == 0o044  # not mkstemp's private 0600

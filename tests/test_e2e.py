@@ -120,3 +120,20 @@ def test_generated_count_and_llama_counters_agree_with_timestamps() -> None:
         assert raw.backend_counters["n_eval"] == 15  # then one decode per further token
         ours = (raw.t_tokens[0] - raw.t_start) * 1e3
         assert raw.backend_counters["t_p_eval_ms"] <= ours * 1.05
+
+
+@pytest.mark.usefixtures("synth_cache")
+def test_junit_xml_has_a_property_per_metric(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_suite="""
+        def test_perf(mlxperf):
+            model = mlxperf.load("llamacpp", "synth:tiny")
+            mlxperf.measure(model, prompt_tokens=16, generation_tokens=8)
+        """
+    )
+    result = pytester.runpytest_subprocess("--mlxperf", "--junitxml", "junit.xml")
+    result.assert_outcomes(passed=1)
+    xml = (pytester.path / "junit.xml").read_text()
+    key = "mlxperf.llamacpp:synth:tiny:pp16+tg8"
+    for name in ("verdict", "prompt_tps", "generation_tps", "ttft", "peak_memory", "load_time"):
+        assert f'<property name="{key}.{name}"' in xml
