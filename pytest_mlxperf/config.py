@@ -35,6 +35,7 @@ class Settings:
     repetitions: int = 5
     warmup: int = 1
     cooldown: float = 0.0
+    confirm: int = 1
     alpha: float = 0.01
     tolerance: Mapping[str, float] = field(default_factory=dict)
     strict: bool = False
@@ -79,6 +80,7 @@ MARKER_ARGS: dict[str, Callable[[Any], Any]] = {
     "repetitions": lambda v: parse_positive_int(str(v)),
     "warmup": lambda v: parse_non_negative_int(str(v)),
     "cooldown": lambda v: parse_seconds(str(v)),
+    "confirm": lambda v: parse_non_negative_int(str(v)),
     "alpha": lambda v: parse_alpha(str(v)),
     "strict": lambda v: v if isinstance(v, bool) else parse_bool(str(v)),
 }

@@ -216,6 +216,14 @@ OPTIONS: tuple[Option, ...] = (
         metavar="P",
     ),
     Option(
+        "confirm",
+        parse_non_negative_int,
+        1,
+        "re-measure a regression this many times before failing; it fails only if every "
+        "re-measurement regresses too (0: fail at once)",
+        metavar="N",
+    ),
+    Option(
         "tolerance",
         parse_tolerances,
         {},

@@ -57,9 +57,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "mlxperf(tolerance=None, repetitions=None, warmup=None, cooldown=None, alpha=None, "
-        "strict=None): a performance test (runs with --mlxperf); keyword arguments override "
-        "the session settings for this test, e.g. tolerance={'generation_tps': '5%'}",
+        "mlxperf(tolerance=None, repetitions=None, warmup=None, cooldown=None, confirm=None, "
+        "alpha=None, strict=None): a performance test (runs with --mlxperf); keyword "
+        "arguments override the session settings for this test, e.g. "
+        "tolerance={'generation_tps': '5%'}",
     )
     cli = {o.name: config.getoption(f"mlxperf_{o.name}") for o in OPTIONS}
     ini_source = str(config.inipath) if config.inipath else "ini"

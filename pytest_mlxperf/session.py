@@ -242,22 +242,42 @@ class PerfSession:
             raise ValueError(
                 f"{nodeid} measured {key!r} twice; give each measurement its own name= argument"
             )
+        result = self.judge(
+            nodeid, key, self._measure(model, workload, settings), model.load_time, settings
+        )
+        for attempt in range(1, settings.confirm + 1):
+            if result.verdict is not Verdict.REGRESSION or settings.save_baselines:
+                break
+            first = result
+            result = self.judge(
+                nodeid, key, self._measure(model, workload, settings), model.load_time, settings
+            )
+            if result.verdict is Verdict.REGRESSION:
+                result.notes.append(f"confirmed by re-measurement {attempt} of {settings.confirm}")
+            else:
+                result.notes.append(
+                    "a first measurement looked like a regression but a fresh one did not; "
+                    "treated as noise: " + "; ".join(c.describe() for c in first.regressions)
+                )
+        if settings.save_baselines:
+            self.store.save(nodeid, key, self.machine_id, self.entry(result))
+            result.saved = True
+        self.results.append(result)
+        return result
+
+    def _measure(
+        self, model: backends.LoadedModel, workload: Workload, settings: Settings
+    ) -> Measurement:
         if isinstance(model, WorkerModel) and model.used and not self.memory_resettable:
             model.restart()
         with measurement_lock():
-            measurement = measure(
+            return measure(
                 model,
                 workload,
                 warmup=settings.warmup,
                 repetitions=settings.repetitions,
                 cooldown=settings.cooldown,
             )
-        result = self.judge(nodeid, key, measurement, model.load_time, settings)
-        if settings.save_baselines:
-            self.store.save(nodeid, key, self.machine_id, self.entry(result))
-            result.saved = True
-        self.results.append(result)
-        return result
 
     def entry(self, result: PerfResult) -> dict[str, Any]:
         m = result.measurement

@@ -26,10 +26,14 @@ class ResolvedSource:
     source: str
     path: Path
     name: str
+    weights_hash: str | None = None
 
     def content_hash(self) -> str:
-        """A fast content hash: small files whole; weight files by size and their first and
-        last MiB (hashing gigabytes on every run would cost more than the measurement)."""
+        """A synthetic model's recorded weights hash; otherwise a fast content hash: small
+        files whole, weight files by size and their first and last MiB (hashing gigabytes on
+        every run would cost more than the measurement)."""
+        if self.weights_hash is not None:
+            return self.weights_hash[:16]
         if self.path.is_file():
             files = {self.path.name: self.path}
         else:
@@ -84,7 +88,9 @@ def resolve(backend: str, source: str, cache_dir: Path | None = None) -> Resolve
 
         preset, _, quant = source[len(SYNTH_PREFIX) :].partition("@")
         path = synth.build(backend, preset, quant or None, cache_dir=cache_dir)
-        return ResolvedSource(source, path, source)
+        # the spec's hash of the weights alone: the build's timing and tool versions, also in
+        # the folder, must not make two builds of the same bytes incomparable
+        return ResolvedSource(source, path, source, synth.read_spec(path)["weights_sha256"])
     path = Path(source).expanduser()
     if path.exists():
         if backend == "llamacpp" and not path.is_file():

@@ -60,6 +60,7 @@ def test_save_rerun_and_catch_edited_regressions(pytester: pytest.Pytester) -> N
             "*mlxperf regression: test_example_perf.py::test_prompt_and_decode?mlx?*",
             "*generation_tps: * tok/s -> * tok/s (-*%; tolerance 30%, Mann-Whitney p=* vs "
             "alpha=0.01, n=5/5)*",
+            "*confirmed by re-measurement 1 of 1*",
             f"*baseline file: *{BASELINE}*",
             "*versions: mlx * -> *, mlx-lm * -> **",
         ]

@@ -1,0 +1,96 @@
+"""Session logic on a scripted model (a unit test of the protocol and verdict flow; the real
+backends are exercised end to end in test_e2e.py and test_faults.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_mlxperf.backends.base import LoadedModel, RawSample
+from pytest_mlxperf.compare import Verdict
+from pytest_mlxperf.config import Settings
+from pytest_mlxperf.measure import MeasurementError, derive_metrics, measure
+from pytest_mlxperf.session import PerfSession
+from pytest_mlxperf.workload import Workload
+
+WL = Workload(prompt_tokens=100, generation_tokens=11)
+
+
+class ScriptedModel(LoadedModel):
+    """Decodes at the speed its script says, one measurement (warm-up + reps) per entry."""
+
+    backend = "mlx"
+    load_time = 0.5
+    vocab_size = 50
+    context_length = 1000
+
+    def __init__(self, speeds: list[float], generated: int | None = None) -> None:
+        self.identity = {"backend": "mlx", "name": "scripted", "hash": "0"}
+        self.speeds = speeds
+        self.calls = 0
+        self.generated = generated
+
+    def tokenize(self, text: str) -> list[int]:
+        return [ord(c) % 50 for c in text]
+
+    def run(self, prompt: list[int], context: list[int], workload: Workload) -> RawSample:
+        reps = 1 + 5  # warm-up + repetitions of the settings used below
+        speed = self.speeds[min(self.calls // reps, len(self.speeds) - 1)]
+        self.calls += 1
+        jitter = 1 + 0.001 * (self.calls % 5)
+        n = self.generated or workload.generation_tokens
+        stamps = [0.1 + i / (speed * jitter) for i in range(n)]
+        return RawSample(0.0, stamps, stamps[-1], list(range(n)), 1000)
+
+
+def test_derive_metrics_definitions() -> None:
+    raw = RawSample(10.0, [10.5, 10.6, 10.7, 10.8, 10.9], 11.0, [1, 2, 3, 4, 5], 123)
+    m = derive_metrics(raw, 100)
+    assert m["ttft"] == pytest.approx(0.5)
+    assert m["prompt_tps"] == pytest.approx(200)
+    assert m["generation_tps"] == pytest.approx(4 / 0.4)  # first token excluded
+    assert m["peak_memory"] == 123
+
+
+def test_generated_count_is_verified() -> None:
+    with pytest.raises(MeasurementError, match="generated 7 tokens but 11 were requested"):
+        measure(ScriptedModel([100.0], generated=7), WL, warmup=0, repetitions=2)
+
+
+def session_with_baseline(tmp_path: Path, confirm: int) -> PerfSession:
+    saver = PerfSession(Settings(save_baselines=True, machine="box"), tmp_path)
+    saver.run("t.py::t", ScriptedModel([100.0]), WL, saver.settings)
+    return PerfSession(Settings(machine="box", confirm=confirm), tmp_path)
+
+
+def test_transient_slowdown_is_not_failed_after_confirmation(tmp_path: Path) -> None:
+    session = session_with_baseline(tmp_path, confirm=1)
+    result = session.run("t.py::t", ScriptedModel([50.0, 100.0]), WL, session.settings)
+    assert result.verdict is Verdict.PASS
+    assert "treated as noise" in result.notes[0] and "generation_tps" in result.notes[0]
+
+
+def test_persistent_slowdown_is_confirmed(tmp_path: Path) -> None:
+    session = session_with_baseline(tmp_path, confirm=2)
+    model = ScriptedModel([50.0])
+    result = session.run("t.py::t", model, WL, session.settings)
+    assert result.verdict is Verdict.REGRESSION
+    assert result.notes == ["confirmed by re-measurement 2 of 2"]
+    assert model.calls == 3 * 6  # first measurement and two confirmations
+
+
+def test_no_confirmation_fails_at_once(tmp_path: Path) -> None:
+    session = session_with_baseline(tmp_path, confirm=0)
+    model = ScriptedModel([50.0, 100.0])
+    assert session.run("t.py::t", model, WL, session.settings).verdict is Verdict.REGRESSION
+    assert model.calls == 6
+
+
+def test_same_measurement_twice_in_one_test_needs_a_name(tmp_path: Path) -> None:
+    session = PerfSession(Settings(machine="box"), tmp_path)
+    model = ScriptedModel([100.0])
+    session.run("t.py::t", model, WL, session.settings)
+    with pytest.raises(ValueError, match="measured 'mlx:scripted:pp100\\+tg11' twice"):
+        session.run("t.py::t", model, WL, session.settings)
+    session.run("t.py::t", model, WL, session.settings, name="again")
