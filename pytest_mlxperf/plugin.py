@@ -102,15 +102,16 @@ def _failing(item: pytest.Item) -> list[str]:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    if call.when == "call":
+        # every median and verdict as a test property: junitxml writes them as <property>s
+        for result in item.stash.get(RESULTS_KEY, []):
+            prefix = f"mlxperf.{result.key}"
+            item.user_properties.append((f"{prefix}.verdict", result.verdict.value))
+            for name in (*result.samples, "load_time"):
+                item.user_properties.append((f"{prefix}.{name}", result.median(name)))
     report = yield
     if call.when != "call":
         return report
-    # every median and verdict as a report property: junitxml writes them as <property>s
-    for result in item.stash.get(RESULTS_KEY, []):
-        prefix = f"mlxperf.{result.key}"
-        report.user_properties.append((f"{prefix}.verdict", result.verdict.value))
-        for name in (*result.samples, "load_time"):
-            report.user_properties.append((f"{prefix}.{name}", result.median(name)))
     if report.passed:
         failures = _failing(item)
         if failures:
