@@ -1,11 +1,16 @@
 """The baseline store: reviewable JSON files under ``baselines/``, one per test module.
 
 Each file maps an entry key (machine id + test + measurement) to an entry holding identity
-(machine, backend, model, workload), provenance and the raw per-repetition samples of every
-metric. Writes are read-merge-replace under a file lock with an atomic rename, so concurrent
-writers never lose each other's entries and a killed writer never leaves a half-written file.
-A file that cannot be read is reported (with its path, and line where JSON says so) and is
-never overwritten. Nothing here imports pytest.
+(machine, backend, model, workload) and up to N *runs*, each with its provenance and the raw
+per-repetition samples of every metric. Runs saved with the same package versions accumulate
+and are pooled when comparing: separate processes of the same code differ more than the
+repetitions inside one process, and a baseline pooled over several processes carries that
+spread instead of mistaking it for a regression.
+
+Writes are read-merge-replace under a file lock with an atomic rename, so concurrent writers
+never lose each other's entries and a killed writer never leaves a half-written file. A file
+that cannot be read is reported (with its path, and line where JSON says so) and is never
+overwritten. Nothing here imports pytest.
 """
 
 from __future__ import annotations
@@ -26,8 +31,7 @@ ENTRY_FIELDS = {
     "backend": str,
     "model": dict,
     "workload": dict,
-    "samples": dict,
-    "provenance": dict,
+    "runs": list,
 }
 
 
@@ -58,21 +62,48 @@ def _check_entry(path: Path, key: str, entry: Any) -> None:
             raise BaselineError(
                 path, f"entry {key!r}: field {field!r} is missing or not a {kind.__name__}"
             )
-    for metric, samples in entry["samples"].items():
-        if not isinstance(samples, list) or not samples:
-            raise BaselineError(
-                path, f"entry {key!r}: samples of {metric!r} must be a non-empty list"
-            )
-        for value in samples:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not entry["runs"]:
+        raise BaselineError(path, f"entry {key!r}: 'runs' is empty")
+    for i, run in enumerate(entry["runs"]):
+        where = f"entry {key!r}, run {i}"
+        if not isinstance(run, dict) or not isinstance(run.get("provenance"), dict):
+            raise BaselineError(path, f"{where}: needs a 'provenance' object")
+        if not isinstance(run.get("samples"), dict):
+            raise BaselineError(path, f"{where}: needs a 'samples' object")
+        for metric, samples in run["samples"].items():
+            if not isinstance(samples, list) or not samples:
                 raise BaselineError(
-                    path, f"entry {key!r}: sample {value!r} of {metric!r} is not a number"
+                    path, f"{where}: samples of {metric!r} must be a non-empty list"
                 )
-            if not math.isfinite(value) or value < 0:
-                raise BaselineError(
-                    path,
-                    f"entry {key!r}: sample {value!r} of {metric!r} is not a finite number >= 0",
-                )
+            for value in samples:
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise BaselineError(
+                        path, f"{where}: sample {value!r} of {metric!r} is not a number"
+                    )
+                if not math.isfinite(value) or value < 0:
+                    raise BaselineError(
+                        path,
+                        f"{where}: sample {value!r} of {metric!r} is not a finite number >= 0",
+                    )
+
+
+def pooled_samples(entry: dict[str, Any]) -> dict[str, list[float]]:
+    """Every run's samples, per metric, in one list."""
+    pooled: dict[str, list[float]] = {}
+    for run in entry["runs"]:
+        for metric, samples in run["samples"].items():
+            pooled.setdefault(metric, []).extend(samples)
+    return pooled
+
+
+def _same_series(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether a new run extends an entry: same identity and same package versions."""
+    versions = [e["runs"][-1]["provenance"].get("packages") for e in (old, new)]
+    return (
+        old["model"] == new["model"]
+        and old["workload"] == new["workload"]
+        and versions[0] == versions[1]
+    )
 
 
 def read_file(path: Path) -> dict[str, dict[str, Any]]:
@@ -138,18 +169,32 @@ class BaselineStore:
         return own, others
 
     def save(
-        self, nodeid: str, measurement_key: str, machine_id: str, entry: dict[str, Any]
+        self,
+        nodeid: str,
+        measurement_key: str,
+        machine_id: str,
+        entry: dict[str, Any],
+        keep_runs: int = 1,
     ) -> Path:
-        """Add or replace one entry, keeping every other entry of the file."""
+        """Add one run (``entry["runs"]`` holds it) to its entry, keeping every other entry of
+        the file. The entry keeps up to ``keep_runs`` runs while identity and package versions
+        stay the same; anything else starts it afresh."""
         from filelock import FileLock
 
         path = self.path_for(nodeid)
         entry = dict(entry)
-        entry["samples"] = {m: [_round(v) for v in s] for m, s in entry["samples"].items()}
+        entry["runs"] = [
+            {**run, "samples": {m: [_round(v) for v in s] for m, s in run["samples"].items()}}
+            for run in entry["runs"]
+        ]
         _check_entry(path, measurement_key, entry)
         path.parent.mkdir(parents=True, exist_ok=True)
+        key = entry_key(machine_id, measurement_key)
         with FileLock(str(path) + ".lock", timeout=60):
             entries = read_file(path)  # raises on a corrupt file, which is then left as it is
-            entries[entry_key(machine_id, measurement_key)] = entry
+            old = entries.get(key)
+            if old is not None and _same_series(old, entry):
+                entry["runs"] = (old["runs"] + entry["runs"])[-keep_runs:]
+            entries[key] = entry
             atomic_write(path, _dump(entries))
         return path

@@ -30,6 +30,7 @@ class SettingsError(ValueError):
 class Settings:
     enabled: bool = False
     save_baselines: bool = False
+    baseline_runs: int = 5
     baselines_dir: str = "baselines"
     json: str | None = None
     repetitions: int = 5

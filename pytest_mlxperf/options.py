@@ -188,6 +188,14 @@ OPTIONS: tuple[Option, ...] = (
         flag=True,
     ),
     Option(
+        "baseline_runs",
+        parse_positive_int,
+        5,
+        "saved runs a baseline keeps and pools while package versions stay the same (record "
+        "a baseline from several separate runs: processes differ more than repetitions do)",
+        metavar="N",
+    ),
+    Option(
         "baselines_dir",
         str,
         "baselines",

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_mlxperf import backends, machine, memory
-from pytest_mlxperf.baseline import BaselineStore
+from pytest_mlxperf.baseline import BaselineStore, pooled_samples
 from pytest_mlxperf.compare import MetricComparison, Verdict, compare_metric, overall
 from pytest_mlxperf.config import Settings
 from pytest_mlxperf.measure import Measurement, measure
@@ -260,7 +260,9 @@ class PerfSession:
                     "treated as noise: " + "; ".join(c.describe() for c in first.regressions)
                 )
         if settings.save_baselines:
-            self.store.save(nodeid, key, self.machine_id, self.entry(result))
+            self.store.save(
+                nodeid, key, self.machine_id, self.entry(result), settings.baseline_runs
+            )
             result.saved = True
         self.results.append(result)
         return result
@@ -288,8 +290,12 @@ class PerfSession:
             "backend": m.backend,
             "model": m.model,
             "workload": m.workload.identity(),
-            "samples": {**m.samples, "load_time": [result.load_time]},
-            "provenance": self.provenance,
+            "runs": [
+                {
+                    "samples": {**m.samples, "load_time": [result.load_time]},
+                    "provenance": self.provenance,
+                }
+            ],
         }
 
     def judge(
@@ -323,7 +329,8 @@ class PerfSession:
             else:
                 result.notes.append("no baseline yet: record one with --mlxperf-save-baselines")
             return result
-        result.baseline_provenance = entry["provenance"]
+        result.baseline_provenance = entry["runs"][-1]["provenance"]
+        baseline = pooled_samples(entry)
         differences = _diff(entry["model"], measurement.model, "model.") + _diff(
             entry["workload"], measurement.workload.identity(), "workload."
         )
@@ -335,13 +342,13 @@ class PerfSession:
         result.comparisons = [
             compare_metric(
                 METRICS[name],
-                entry["samples"][name],
+                baseline[name],
                 samples,
                 tolerance=settings.tolerance_for(name),
                 alpha=settings.alpha,
             )
             for name, samples in current.items()
-            if name in entry["samples"]
+            if name in baseline
         ]
         result.verdict = overall([c.verdict for c in result.comparisons])
         return result

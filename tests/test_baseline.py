@@ -12,12 +12,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_mlxperf.baseline import SCHEMA_VERSION, BaselineError, BaselineStore, read_file
+from pytest_mlxperf.baseline import (
+    SCHEMA_VERSION,
+    BaselineError,
+    BaselineStore,
+    pooled_samples,
+    read_file,
+)
 
 NODE = "tests/perf/test_speed.py::test_decode[mlx]"
 
 
-def entry(tps: float = 100.0, name: str = "mlx:m:pp8+tg8") -> dict[str, Any]:
+def entry(
+    tps: float = 100.0, name: str = "mlx:m:pp8+tg8", version: str = "0.32.4"
+) -> dict[str, Any]:
     return {
         "machine": {"name": "box"},
         "test": NODE,
@@ -25,8 +33,15 @@ def entry(tps: float = 100.0, name: str = "mlx:m:pp8+tg8") -> dict[str, Any]:
         "backend": "mlx",
         "model": {"name": "m", "hash": "abc"},
         "workload": {"prompt_tokens": 8},
-        "samples": {"generation_tps": [tps, tps * 1.01, tps * 0.99], "peak_memory": [1e9] * 3},
-        "provenance": {"packages": {"mlx": "0.32.4"}},
+        "runs": [
+            {
+                "samples": {
+                    "generation_tps": [tps, tps * 1.01, tps * 0.99],
+                    "peak_memory": [1e9] * 3,
+                },
+                "provenance": {"packages": {"mlx": version}},
+            }
+        ],
     }
 
 
@@ -40,11 +55,25 @@ def test_round_trip_and_stable_readable_json(tmp_path: Path) -> None:
     path = store.save(NODE, "k1", "box", entry(123.456789123))
     own, others = store.find(NODE, "k1", "box")
     assert own is not None and others == []
-    assert own["samples"]["generation_tps"][0] == 123.457  # rounded to 6 significant digits
+    assert own["runs"][0]["samples"]["generation_tps"][0] == 123.457  # 6 significant digits
     text = path.read_text()
     assert text.endswith("\n") and json.loads(text)["schema"] == SCHEMA_VERSION
     store.save(NODE, "k1", "box", entry(123.456789123))
     assert path.read_text() == text  # same data, same bytes: clean git diffs
+
+
+def test_runs_with_the_same_versions_accumulate_up_to_the_limit(tmp_path: Path) -> None:
+    store = BaselineStore(tmp_path)
+    for tps in (100.0, 110.0, 120.0, 130.0):
+        store.save(NODE, "k1", "box", entry(tps), keep_runs=3)
+    own, _ = store.find(NODE, "k1", "box")
+    assert own is not None
+    assert [r["samples"]["generation_tps"][0] for r in own["runs"]] == [110.0, 120.0, 130.0]
+    assert len(pooled_samples(own)["generation_tps"]) == 9
+    # a new version, or a new identity, starts the series afresh
+    store.save(NODE, "k1", "box", entry(90.0, version="0.33.0"), keep_runs=3)
+    own, _ = store.find(NODE, "k1", "box")
+    assert own is not None and len(own["runs"]) == 1
 
 
 def test_other_machine_is_found_as_other(tmp_path: Path) -> None:
@@ -88,9 +117,10 @@ def test_bad_samples_are_rejected(tmp_path: Path) -> None:
         ({"generation_tps": ["fast"]}, "is not a number"),
         ({"generation_tps": [True]}, "is not a number"),
         ({"generation_tps": [-1.0]}, "finite number >= 0"),
+        ("many", "needs a 'samples' object"),
     ]:
         bad = entry()
-        bad["samples"] = samples
+        bad["runs"][0]["samples"] = samples
         path.write_text(json.dumps({"schema": SCHEMA_VERSION, "entries": {"k": bad}}))
         with pytest.raises(BaselineError, match=problem):
             read_file(path)
@@ -135,7 +165,7 @@ def test_arbitrary_json_never_crashes_the_loader(tmp_path: Path, data: Any, wrap
         return
     # whatever loads is fully valid: every sample a finite number >= 0
     for e in entries.values():
-        for samples in e["samples"].values():
+        for samples in pooled_samples(e).values():
             assert samples and all(isinstance(v, (int, float)) and v >= 0 for v in samples)
 
 

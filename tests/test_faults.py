@@ -100,8 +100,7 @@ def _rewrite_forever(root: str) -> None:
                 "backend": "mlx",
                 "model": {"name": "m"},
                 "workload": {"n": i},
-                "samples": {"generation_tps": [float(i)] * 2000},
-                "provenance": {},
+                "runs": [{"samples": {"generation_tps": [float(i)] * 2000}, "provenance": {}}],
             },
         )
 
@@ -163,7 +162,8 @@ def test_baseline_from_another_machine_is_never_compared(pytester: pytest.Pytest
     path = saved_suite(pytester, source, "--mlxperf-machine", "laptop")
     data = json.loads(path.read_text())
     (entry,) = data["entries"].values()
-    entry["samples"]["generation_tps"] = [v * 100 for v in entry["samples"]["generation_tps"]]
+    samples = entry["runs"][0]["samples"]
+    samples["generation_tps"] = [v * 100 for v in samples["generation_tps"]]
     path.write_text(json.dumps(data))
     before = path.read_bytes()
     other = pytester.runpytest_subprocess("--mlxperf", "--mlxperf-machine", "ci-runner")
