@@ -16,7 +16,7 @@ from pytest_mlxperf.compare import Verdict
 from pytest_mlxperf.config import SettingsError, resolve
 from pytest_mlxperf.fixtures import RESULTS_KEY, SESSION_KEY, item_settings, mlxperf
 from pytest_mlxperf.options import OPTIONS, argparse_type
-from pytest_mlxperf.report import results_document, table, write_json
+from pytest_mlxperf.report import backend_table, results_document, table, write_json
 from pytest_mlxperf.session import PerfSession
 
 __all__ = ["mlxperf"]
@@ -139,6 +139,10 @@ def pytest_terminal_summary(
     terminalreporter.write_sep("=", "mlxperf results")
     write(f"machine: {perf.machine_id} {perf.fingerprint}")
     write(table(perf.records))
+    side_by_side = backend_table(perf.records)
+    if side_by_side:
+        terminalreporter.write_sep("-", "backends side by side (same model, same workload)")
+        write(side_by_side)
     for record in perf.records:
         if record["verdict"] in EXPLAINED:
             write(record["message"])

@@ -53,14 +53,61 @@ def rows(records: Sequence[Record]) -> list[tuple[str, ...]]:
 
 def table(records: Sequence[Record]) -> str:
     """A fixed-width table: one row per measurement, each metric with its change vs baseline."""
-    body = rows(records)
-    widths = [max(len(row[i]) for row in (HEADERS, *body)) for i in range(len(HEADERS))]
+    return _fixed_width(HEADERS, rows(records))
+
+
+def _fixed_width(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in (header, *body)) for i in range(len(header))]
 
     def line(row: Sequence[str]) -> str:
         return "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
 
     sep = "  ".join("-" * w for w in widths)
-    return "\n".join([line(HEADERS), sep, *(line(row) for row in body)])
+    return "\n".join([line(header), sep, *(line(row) for row in body)])
+
+
+BACKEND_HEADERS = (
+    "model",
+    "workload",
+    "backend",
+    "quantization",
+    "prompt",
+    "generation",
+    "TTFT",
+    "peak mem",
+    "load",
+)
+
+
+def quantization_label(model: dict[str, Any]) -> str:
+    """``4bit/g64`` for MLX, llama.cpp's type (``Q4_K - Medium``) for GGUF."""
+    quant = model.get("quantization")
+    if isinstance(quant, dict):
+        return f"{quant.get('bits')}bit/g{quant.get('group_size')}"
+    if isinstance(quant, str):
+        return quant.split("B ", 1)[-1]  # llama.cpp's desc: "<arch> <size>B <type>"
+    return "unquantized"
+
+
+def backend_table(records: Sequence[Record]) -> str | None:
+    """The same model (by name) and workload measured with more than one backend, side by side:
+    the table people otherwise build by hand from mlx_lm.benchmark and llama-bench output."""
+    groups: dict[tuple[str, str], list[Record]] = {}
+    for r in records:
+        groups.setdefault((r["model"]["name"].split("@")[0], r["workload_label"]), []).append(r)
+    body = [
+        (
+            model,
+            label,
+            r["backend"],
+            quantization_label(r["model"]),
+            *(METRICS[m].format(r["medians"][m]) for m in TABLE_METRICS),
+        )
+        for (model, label), group in groups.items()
+        if len({r["backend"] for r in group}) > 1
+        for r in sorted(group, key=lambda r: r["backend"])
+    ]
+    return _fixed_width(BACKEND_HEADERS, body) if body else None
 
 
 def results_document(

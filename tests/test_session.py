@@ -94,3 +94,33 @@ def test_same_measurement_twice_in_one_test_needs_a_name(tmp_path: Path) -> None
     with pytest.raises(ValueError, match="measured 'mlx:scripted:pp100\\+tg11' twice"):
         session.run("t.py::t", model, WL, session.settings)
     session.run("t.py::t", model, WL, session.settings, name="again")
+
+
+def test_backend_table_lines_up_backends_of_one_model() -> None:
+    from pytest_mlxperf.report import backend_table
+
+    def record(backend: str, quant: object, tps: float, label: str = "pp8+tg8") -> dict:
+        medians = dict.fromkeys(
+            ("prompt_tps", "generation_tps", "ttft", "peak_memory", "load_time"), 1.0
+        )
+        medians["generation_tps"] = tps
+        return {
+            "backend": backend,
+            "model": {"name": "synth:tiny", "quantization": quant},
+            "workload_label": label,
+            "medians": medians,
+        }
+
+    text = backend_table(
+        [
+            record("mlx", {"bits": 4, "group_size": 64}, 150.0),
+            record("llamacpp", "llama ?B Q4_K - Medium", 2900.0),
+            record("mlx", None, 120.0, label="pp16+tg8"),  # only one backend: not shown
+        ]
+    )
+    assert text is not None
+    lines = text.splitlines()
+    assert len(lines) == 4
+    assert "llamacpp" in lines[2] and "Q4_K - Medium" in lines[2] and "2900.0 tok/s" in lines[2]
+    assert "mlx" in lines[3] and "4bit/g64" in lines[3] and "150.0 tok/s" in lines[3]
+    assert backend_table([record("mlx", None, 1.0)]) is None
