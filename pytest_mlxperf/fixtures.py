@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -75,9 +76,23 @@ class MlxPerf:
                 f"unknown workload field(s) {', '.join(unknown)}; "
                 f"known: {', '.join(Workload.field_names())}"
             )
+        return self._record(
+            lambda: self._session.run(
+                self._item.nodeid,
+                model,
+                workload or Workload(**workload_fields),
+                self.settings,
+                name,
+            )
+        )
+
+    def time(
+        self, fn: Callable[..., Any], *args: Any, name: str | None = None, **kwargs: Any
+    ) -> PerfResult:
+        """Time ``fn(*args, **kwargs)`` end to end (warm-up, then the repetitions) and gate its
+        ``duration`` like any other metric: your own pipeline around a model, with verdicts."""
         try:
-            workload = workload or Workload(**workload_fields)
-            result = self._session.run(self._item.nodeid, model, workload, self.settings, name)
+            result = self._session.time(self._item.nodeid, fn, args, kwargs, self.settings, name)
         except CLEAR_ERRORS as exc:
             pytest.fail(str(exc), pytrace=False)
         self._item.stash.setdefault(RESULTS_KEY, []).append(result)

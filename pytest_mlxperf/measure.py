@@ -13,12 +13,13 @@ Definitions (per repetition):
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pytest_mlxperf.backends.base import LoadedModel, RawSample
-from pytest_mlxperf.workload import Workload
+from pytest_mlxperf.workload import Workload, WorkloadLike
 
 
 class MeasurementError(RuntimeError):
@@ -32,9 +33,9 @@ class Measurement:
 
     backend: str
     model: dict[str, Any]
-    workload: Workload
+    workload: WorkloadLike
     samples: dict[str, list[float]]
-    raw: list[RawSample] = field(repr=False)
+    raw: list[Any] = field(repr=False)
     warmup: int = 0
     wall_time: float = 0.0
 
@@ -109,6 +110,54 @@ def measure(
         workload=workload,
         samples=samples,
         raw=raws,
+        warmup=warmup,
+        wall_time=time.perf_counter() - t0,
+    )
+
+
+@dataclass(frozen=True)
+class CallableWorkload:
+    """A user's own callable (a whole pipeline that uses a model) as a workload. Its identity
+    is its name: give the measurement a new name when what it does changes."""
+
+    name: str
+
+    @property
+    def label(self) -> str:
+        return f"call:{self.name}"
+
+    def identity(self) -> dict[str, Any]:
+        return {"callable": self.name}
+
+
+def time_callable(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    name: str,
+    *,
+    warmup: int = 1,
+    repetitions: int = 5,
+    cooldown: float = 0.0,
+) -> Measurement:
+    """Call ``fn`` ``warmup`` times untimed, then ``repetitions`` times timed: the ``duration``
+    metric, end to end, as pytest-benchmark's fixture times a callable."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        fn(*args, **kwargs)
+    durations = []
+    for i in range(repetitions):
+        if cooldown and i:
+            time.sleep(cooldown)
+        start = time.perf_counter()
+        fn(*args, **kwargs)
+        durations.append(time.perf_counter() - start)
+    return Measurement(
+        backend="callable",
+        model={"name": name},
+        workload=CallableWorkload(name),
+        samples={"duration": durations},
+        raw=[],
         warmup=warmup,
         wall_time=time.perf_counter() - t0,
     )

@@ -72,6 +72,14 @@ METRICS: dict[str, Metric] = {
             "peak memory of one repetition (MLX allocator peak; llama.cpp: process VmHWM)",
         ),
         Metric(
+            "duration",
+            "s",
+            False,
+            0.10,
+            True,
+            "seconds one call of a user's callable takes, end to end",
+        ),
+        Metric(
             "load_time",
             "s",
             False,

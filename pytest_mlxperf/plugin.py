@@ -107,7 +107,7 @@ def pytest_runtest_makereport(
         for result in item.stash.get(RESULTS_KEY, []):
             prefix = f"mlxperf.{result.key}"
             item.user_properties.append((f"{prefix}.verdict", result.verdict.value))
-            for name in (*result.samples, "load_time"):
+            for name in result.all_samples:
                 item.user_properties.append((f"{prefix}.{name}", result.median(name)))
     report = yield
     if call.when != "call":

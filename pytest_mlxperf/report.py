@@ -31,8 +31,13 @@ HEADERS = (
 )
 
 
+def _value(record: Record, name: str) -> str:
+    value = record["medians"].get(name)
+    return "-" if value is None else METRICS[name].format(value)
+
+
 def _cell(record: Record, name: str) -> str:
-    text = METRICS[name].format(record["medians"][name])
+    text = _value(record, name)
     change = next((c["change"] for c in record["comparisons"] if c["metric"] == name), None)
     return text if change is None else f"{text} ({change:+.1%})"
 
@@ -101,7 +106,7 @@ def backend_table(records: Sequence[Record]) -> str | None:
             label,
             r["backend"],
             quantization_label(r["model"]),
-            *(METRICS[m].format(r["medians"][m]) for m in TABLE_METRICS),
+            *(_value(r, m) for m in TABLE_METRICS),
         )
         for (model, label), group in groups.items()
         if len({r["backend"] for r in group}) > 1

@@ -6,6 +6,7 @@ The pytest plugin keeps one ``PerfSession`` in ``config.stash``; nothing here im
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -15,7 +16,7 @@ from pytest_mlxperf import backends, machine, memory
 from pytest_mlxperf.baseline import BaselineStore, pooled_samples
 from pytest_mlxperf.compare import MetricComparison, Verdict, compare_metric, overall
 from pytest_mlxperf.config import Settings
-from pytest_mlxperf.measure import Measurement, measure
+from pytest_mlxperf.measure import Measurement, measure, time_callable
 from pytest_mlxperf.metrics import METRICS
 from pytest_mlxperf.worker import WorkerModel
 from pytest_mlxperf.workload import Workload
@@ -57,7 +58,7 @@ class PerfResult:
     nodeid: str
     key: str
     measurement: Measurement
-    load_time: float
+    load_time: float | None
     verdict: Verdict
     comparisons: list[MetricComparison]
     baseline_path: Path
@@ -70,12 +71,16 @@ class PerfResult:
     def samples(self) -> dict[str, list[float]]:
         return self.measurement.samples
 
+    @property
+    def all_samples(self) -> dict[str, list[float]]:
+        """The repetitions' samples plus the model's load time (one sample), where there is one."""
+        extra = {} if self.load_time is None else {"load_time": [self.load_time]}
+        return {**self.measurement.samples, **extra}
+
     def median(self, metric_name: str) -> float:
         import statistics
 
-        if metric_name == "load_time":
-            return self.load_time
-        return statistics.median(self.samples[metric_name])
+        return statistics.median(self.all_samples[metric_name])
 
     @property
     def prompt_tps(self) -> float:
@@ -137,7 +142,7 @@ class PerfResult:
             "wall_time": m.wall_time,
             "load_time": self.load_time,
             "samples": m.samples,
-            "medians": {name: self.median(name) for name in (*m.samples, "load_time")},
+            "medians": {name: self.median(name) for name in self.all_samples},
             "raw": [dataclasses.asdict(r) for r in m.raw],
             "verdict": self.verdict.value,
             "comparisons": [
@@ -236,22 +241,58 @@ class PerfSession:
         settings: Settings,
         name: str | None = None,
     ) -> PerfResult:
-        """Measure, judge against the baseline, save if asked, and record the result."""
+        """Measure a model on a workload and gate the result (see ``gate``)."""
         key = name or f"{model.backend}:{model.identity['name']}:{workload.label}"
+        return self.gate(
+            nodeid, key, lambda: self._measure(model, workload, settings), model.load_time, settings
+        )
+
+    def time(
+        self,
+        nodeid: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        settings: Settings,
+        name: str | None = None,
+    ) -> PerfResult:
+        """Time a user's callable end to end and gate the ``duration`` (see ``gate``)."""
+        label = name or getattr(fn, "__qualname__", None) or repr(fn)
+
+        def take() -> Measurement:
+            with measurement_lock():
+                return time_callable(
+                    fn,
+                    args,
+                    kwargs,
+                    label,
+                    warmup=settings.warmup,
+                    repetitions=settings.repetitions,
+                    cooldown=settings.cooldown,
+                )
+
+        return self.gate(nodeid, f"call:{label}", take, None, settings)
+
+    def gate(
+        self,
+        nodeid: str,
+        key: str,
+        take: Callable[[], Measurement],
+        load_time: float | None,
+        settings: Settings,
+    ) -> PerfResult:
+        """Take a measurement, judge it against the baseline (re-taking it to confirm a
+        regression), save it if asked, and record the result."""
         if any(r.nodeid == nodeid and r.key == key for r in self.results):
             raise ValueError(
                 f"{nodeid} measured {key!r} twice; give each measurement its own name= argument"
             )
-        result = self.judge(
-            nodeid, key, self._measure(model, workload, settings), model.load_time, settings
-        )
+        result = self.judge(nodeid, key, take(), load_time, settings)
         for attempt in range(1, settings.confirm + 1):
             if result.verdict is not Verdict.REGRESSION or settings.save_baselines:
                 break
             first = result
-            result = self.judge(
-                nodeid, key, self._measure(model, workload, settings), model.load_time, settings
-            )
+            result = self.judge(nodeid, key, take(), load_time, settings)
             if result.verdict is Verdict.REGRESSION:
                 result.notes.append(f"confirmed by re-measurement {attempt} of {settings.confirm}")
             else:
@@ -292,7 +333,7 @@ class PerfSession:
             "workload": m.workload.identity(),
             "runs": [
                 {
-                    "samples": {**m.samples, "load_time": [result.load_time]},
+                    "samples": result.all_samples,
                     "provenance": self.provenance,
                 }
             ],
@@ -303,7 +344,7 @@ class PerfSession:
         nodeid: str,
         key: str,
         measurement: Measurement,
-        load_time: float,
+        load_time: float | None,
         settings: Settings,
     ) -> PerfResult:
         """Compare a measurement with its stored baseline (identity first, then statistics)."""
@@ -338,7 +379,7 @@ class PerfSession:
             result.verdict = Verdict.NOT_COMPARABLE
             result.notes.append("identity differs from the baseline: " + "; ".join(differences))
             return result
-        current = {**measurement.samples, "load_time": [load_time]}
+        current = result.all_samples
         result.comparisons = [
             compare_metric(
                 METRICS[name],

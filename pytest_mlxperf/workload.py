@@ -9,7 +9,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+
+class WorkloadLike(Protocol):
+    """What the session needs of any workload: a label for people, an identity to match."""
+
+    @property
+    def label(self) -> str: ...
+
+    def identity(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)

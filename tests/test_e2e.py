@@ -139,3 +139,27 @@ def test_junit_xml_has_a_property_per_metric(pytester: pytest.Pytester) -> None:
     key = "mlxperf.llamacpp:synth:tiny:pp16+tg8"
     for name in ("verdict", "prompt_tps", "generation_tps", "ttft", "peak_memory", "load_time"):
         assert f'<property name="{key}.{name}"' in xml
+
+
+def test_users_callable_is_timed_and_gated(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(
+        test_pipeline="""
+        import os, time
+
+        def pipeline(seconds):
+            time.sleep(seconds)
+
+        def test_pipeline(mlxperf):
+            result = mlxperf.time(pipeline, float(os.environ["DELAY"]), name="summarize")
+            assert len(result.samples["duration"]) == 5
+        """
+    )
+    monkeypatch.setenv("DELAY", "0.01")
+    pytester.runpytest_subprocess("--mlxperf", "--mlxperf-save-baselines").assert_outcomes(passed=1)
+    pytester.runpytest_subprocess("--mlxperf").assert_outcomes(passed=1)
+    monkeypatch.setenv("DELAY", "0.03")
+    slow = pytester.runpytest_subprocess("--mlxperf")
+    slow.assert_outcomes(failed=1)
+    slow.stdout.fnmatch_lines(["*duration: 10.* ms -> 30.* ms (+*%*", "*call:summarize*"])
