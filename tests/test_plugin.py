@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -187,5 +188,51 @@ def test_unknown_backend_and_missing_model_are_clear_errors(pytester: pytest.Pyt
             "*unknown backend 'tensorflow'; known backends: mlx, llamacpp*",
             "*model '/no/such/model' not found*",
             "*no-such-preset*",
+        ]
+    )
+
+
+def test_missing_backend_skips_with_the_install_command(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_mlxperf import backends
+
+    monkeypatch.setitem(
+        backends.BACKENDS,
+        "mlx",
+        ("pytest_mlxperf.backends.mlx", "no_such_mlx_module", 'pip install "pytest-mlxperf[mlx]"'),
+    )
+    pytester.makepyfile(
+        """
+        def test_perf(mlxperf):
+            mlxperf.load("mlx", "synth:tiny")
+        """
+    )
+    result = pytester.runpytest("--mlxperf", "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*backend 'mlx' is not installed*"
+            'install it with: pip install "pytest-mlxperf[[]mlx[]]"*'
+        ]
+    )
+
+
+def test_repo_id_missing_from_the_hf_cache_is_never_downloaded(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    pytester.makepyfile(
+        """
+        def test_perf(mlxperf):
+            mlxperf.load("mlx", "mlx-community/Llama-3.2-3B-Instruct-4bit")
+        """
+    )
+    result = pytester.runpytest_subprocess("--mlxperf", "--mlxperf-isolate", "no")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*'mlx-community/Llama-3.2-3B-Instruct-4bit' is not in the local Hugging Face cache*"
+            "never downloads*hf download mlx-community/Llama-3.2-3B-Instruct-4bit*"
         ]
     )
