@@ -77,6 +77,7 @@ class MetricComparison:
     p_value: float | None
     alpha: float
     note: str = ""
+    noisy: bool = False
 
     def describe(self) -> str:
         """One line: metric, medians, change, significance and sample counts."""
@@ -112,8 +113,12 @@ def compare_metric(
     base, cur = Summary.of(baseline), Summary.of(current)
     change = (cur.median - base.median) / base.median if base.median else 0.0
 
-    def result(verdict: Verdict, p: float | None, note: str = "") -> MetricComparison:
-        return MetricComparison(metric, verdict, base, cur, change, tolerance, p, alpha, note)
+    def result(
+        verdict: Verdict, p: float | None, note: str = "", noisy: bool = False
+    ) -> MetricComparison:
+        return MetricComparison(
+            metric, verdict, base, cur, change, tolerance, p, alpha, note, noisy
+        )
 
     if not metric.gated:
         return result(Verdict.NOT_GATED, None)
@@ -138,11 +143,16 @@ def compare_metric(
     p_imp = _p_value(current, baseline, 1 + tolerance if hib else 1 - tolerance, better_alt)
     if -worse > tolerance and p_imp < alpha:
         return result(Verdict.IMPROVEMENT, p_imp)
-    if abs(worse) > tolerance:
-        return result(
-            Verdict.PASS, p_reg if worse > 0 else p_imp, "beyond tolerance but not significant"
+    beyond = abs(worse) > tolerance
+    p = (p_reg if worse > 0 else p_imp) if beyond else _p_value(current, baseline, 1.0, "two-sided")
+    noise = max(base.cv, cur.cv)
+    notes = ["beyond tolerance but not significant"] if beyond else []
+    if noise > tolerance / 2:
+        notes.append(
+            f"noisy: samples vary by {noise:.0%} (CV), too much to resolve a {tolerance:.0%} "
+            "change reliably; add repetitions or quiet the machine"
         )
-    return result(Verdict.PASS, _p_value(current, baseline, 1.0, "two-sided"))
+    return result(Verdict.PASS, p, "; ".join(notes), noisy=noise > tolerance / 2)
 
 
 def overall(verdicts: Sequence[Verdict]) -> Verdict:

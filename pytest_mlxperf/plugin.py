@@ -146,6 +146,10 @@ def pytest_terminal_summary(
     for record in perf.records:
         if record["verdict"] in EXPLAINED:
             write(record["message"])
+    for record in perf.records:
+        for c in record["comparisons"]:
+            if c.get("noisy"):
+                write(f"{record['test']} [{record['key']}] {c['metric']}: {c['note']}")
     new = sum(r["verdict"] == Verdict.NEW.value and not r["saved"] for r in perf.records)
     if new:
         write(f"{new} measurement(s) without a baseline: record them with --mlxperf-save-baselines")

@@ -158,6 +158,7 @@ class PerfResult:
                     "n_baseline": c.baseline.n,
                     "n_current": c.current.n,
                     "note": c.note,
+                    "noisy": c.noisy,
                 }
                 for c in self.comparisons
             ],

@@ -96,3 +96,11 @@ def test_summary() -> None:
     assert s.cv == pytest.approx(0.5)
     with pytest.raises(ValueError):
         Summary.of([])
+
+
+def test_noise_beyond_half_the_tolerance_is_flagged() -> None:
+    noisy = [100.0, 70.0, 130.0, 85.0, 115.0]
+    c = compare_metric(TPS, noisy, noisy, tolerance=0.1, alpha=0.01)
+    assert c.verdict is Verdict.PASS and c.noisy and c.note.startswith("noisy: samples vary by")
+    quiet = compare_metric(TPS, BASE, BASE, tolerance=0.1, alpha=0.01)
+    assert not quiet.noisy and quiet.note == ""
