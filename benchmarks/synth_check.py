@@ -35,19 +35,6 @@ REAL = {
         "mlx 4bit": 695e6,
     },
 }
-QWEN2_TINY = synth.ModelShape(
-    arch="qwen2",
-    vocab_size=512,
-    hidden_size=256,
-    intermediate_size=512,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    rope_theta=1e6,
-    rope_llama3_factor=None,
-    tie_word_embeddings=True,
-    rms_norm_eps=1e-6,
-)
 TOKENIZER_TEXTS = [
     "Hello world! The quick brown fox's 12345 jumps; naïve café 東京 😀\n\n  two  spaces\tTab",
     "I'LL say it's   done.\r\nx = f(3) + g[42] // don't\n\n\n",
@@ -92,7 +79,7 @@ def logits_agreement(cache: Path) -> None:
     from mlx_lm import load
 
     print("\n== logits: MLX fp32 vs llama.cpp F32, 300 random prompt tokens, all positions")
-    for label, shape in (("llama tiny", "tiny"), ("qwen2 tiny", QWEN2_TINY)):
+    for label, shape in (("llama tiny", "tiny"), ("qwen2 tiny", "tiny-qwen2")):
         model, _ = load(str(synth.build_mlx(shape, "fp32", cache_dir=cache)))
         gguf = synth.build_gguf(shape, "F32", cache_dir=cache)
         llm = Llama(model_path=str(gguf), n_ctx=512, logits_all=True, verbose=False)
@@ -129,7 +116,7 @@ def tokenizer_agreement(cache: Path) -> None:
         "ß",
     ]
     fuzz = ["".join(rng.choice(alphabet, size=int(rng.integers(1, 40)))) for _ in range(2000)]
-    for label, shape in (("llama tiny", "tiny"), ("qwen2 tiny", QWEN2_TINY)):
+    for label, shape in (("llama tiny", "tiny"), ("qwen2 tiny", "tiny-qwen2")):
         _, tokenizer = load(str(synth.build_mlx(shape, "fp32", cache_dir=cache)))
         llm = Llama(
             model_path=str(synth.build_gguf(shape, "F32", cache_dir=cache)),

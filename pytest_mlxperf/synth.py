@@ -265,6 +265,21 @@ PRESETS: dict[str, ModelShape] = {
     # CI model: every row size a multiple of 256 so K-quants apply; untied so that the
     # output.weight path is exercised (the qwen2 tests cover tied embeddings).
     "tiny": ModelShape(),
+    # the Qwen2 code path at test size: q/k/v biases, tied embeddings, NEOX rotary (no
+    # permutation in the GGUF)
+    "tiny-qwen2": ModelShape(
+        arch="qwen2",
+        vocab_size=512,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_theta=1e6,
+        rope_llama3_factor=None,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
+    ),
     "llama-3.2-1b": ModelShape(
         vocab_size=128256,
         hidden_size=2048,
