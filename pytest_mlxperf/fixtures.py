@@ -91,8 +91,14 @@ class MlxPerf:
     ) -> PerfResult:
         """Time ``fn(*args, **kwargs)`` end to end (warm-up, then the repetitions) and gate its
         ``duration`` like any other metric: your own pipeline around a model, with verdicts."""
+        return self._record(
+            lambda: self._session.time(self._item.nodeid, fn, args, kwargs, self.settings, name)
+        )
+
+    def _record(self, gate: Callable[[], PerfResult]) -> PerfResult:
+        """Run a gated measurement; keep its result for the test's verdict and the report."""
         try:
-            result = self._session.time(self._item.nodeid, fn, args, kwargs, self.settings, name)
+            result = gate()
         except CLEAR_ERRORS as exc:
             pytest.fail(str(exc), pytrace=False)
         self._item.stash.setdefault(RESULTS_KEY, []).append(result)
