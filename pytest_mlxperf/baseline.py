@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pytest_mlxperf.files import atomic_write
+from pytest_mlxperf.files import JSONFileError, atomic_write, read_json
 
 SCHEMA_VERSION = 1
 ENTRY_FIELDS = {
@@ -109,19 +109,11 @@ def _same_series(old: dict[str, Any], new: dict[str, Any]) -> bool:
 def read_file(path: Path) -> dict[str, dict[str, Any]]:
     """The entries of one baseline file, validated; ``{}`` if the file does not exist."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_json(path)
     except FileNotFoundError:
         return {}
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BaselineError(path, f"cannot be read ({exc})") from exc
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BaselineError(
-            path, f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        ) from exc
-    except RecursionError as exc:
-        raise BaselineError(path, "invalid JSON: nested too deeply") from exc
+    except JSONFileError as exc:
+        raise BaselineError(path, str(exc)) from exc
     if not isinstance(data, dict):
         raise BaselineError(path, "top level must be a JSON object")
     schema = data.get("schema")

@@ -1,14 +1,24 @@
 """The ``mlxperf`` command: ``mlxperf synth`` builds synthetic models, ``mlxperf machine`` shows
-the fingerprint that baselines are keyed on."""
+the fingerprint that baselines are keyed on; ``mlxperf compare``, ``mlxperf report`` and
+``mlxperf export`` turn results files (``pytest --mlxperf --mlxperf-json PATH``, e.g. one per
+mlx version of a tox matrix) into a verdict table, an HTML report and other tools' formats.
+
+Exit status: 0 fine, 1 ``compare`` found a regression, 2 bad input (message on stderr)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pytest_mlxperf import __version__, machine
+from pytest_mlxperf.options import OPTIONS_BY_NAME, argparse_type
+
+if TYPE_CHECKING:
+    from pytest_mlxperf.upgrade import Comparison
 
 
 def _machine(args: argparse.Namespace) -> int:
@@ -17,22 +27,127 @@ def _machine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _comparison(args: argparse.Namespace) -> Comparison:
+    from pytest_mlxperf import upgrade
+
+    files = [upgrade.load_results(path) for path in args.results]
+    reference = upgrade.resolve_reference(args.results, args.reference)
+    return upgrade.compare_files(files, reference, args.tolerance, args.alpha)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from pytest_mlxperf import htmlreport, upgrade
+
+    if len(args.results) < 2:
+        raise upgrade.InputError("compare needs at least two results files")
+    comparison = _comparison(args)
+    print(htmlreport.markdown(comparison) if args.markdown else upgrade.text_table(comparison))
+    return 1 if comparison.regressions else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pytest_mlxperf import htmlreport
+    from pytest_mlxperf.files import atomic_write
+
+    comparison = _comparison(args)
+    atomic_write(args.output, htmlreport.html_report(comparison))
+    print(f"HTML report written to {args.output}")
+    if args.markdown:
+        atomic_write(args.markdown, htmlreport.markdown(comparison))
+        print(f"Markdown written to {args.markdown}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pytest_mlxperf import exports, upgrade
+    from pytest_mlxperf.report import write_json
+
+    document = exports.export(upgrade.load_results(args.results), args.format)
+    write_json(args.output, document)
+    print(f"{args.format} written to {args.output}")
+    return 0
+
+
+def _add_results_parsers(sub: argparse._SubParsersAction) -> None:
+    tolerance, alpha = OPTIONS_BY_NAME["tolerance"], OPTIONS_BY_NAME["alpha"]
+
+    def judged(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("results", nargs="+", type=Path, help="results files (JSON)")
+        parser.add_argument(
+            "--reference",
+            metavar="FILE_OR_INDEX",
+            help="the file the others are judged against: one of RESULTS, or its 1-based "
+            "position (-1: the last); default: the first",
+        )
+        parser.add_argument(
+            "--tolerance",
+            type=argparse_type(tolerance),
+            default={},
+            metavar=tolerance.metavar,
+            help=f"{tolerance.help} (default: the test's own, else {tolerance.shown_default})",
+        )
+        parser.add_argument(
+            "--alpha",
+            type=argparse_type(alpha),
+            default=alpha.default,
+            metavar=alpha.metavar,
+            help=f"{alpha.help} (default {alpha.default})",
+        )
+
+    compare = sub.add_parser(
+        "compare",
+        help="side-by-side verdicts of results files against a reference; exit 1 on regression",
+        description="Line up the same measurements across results files and judge each file "
+        "against the reference with the plugin's rules. Exit 1 if any regression is found.",
+    )
+    judged(compare)
+    compare.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    compare.set_defaults(func=_compare)
+
+    report = sub.add_parser(
+        "report",
+        help="write a self-contained HTML report (plots of every sample) of results files",
+    )
+    judged(report)
+    report.add_argument("-o", "--output", type=Path, required=True, help="HTML file to write")
+    report.add_argument("--markdown", type=Path, metavar="FILE", help="also write Markdown here")
+    report.set_defaults(func=_report)
+
+    export = sub.add_parser(
+        "export", help="convert a results file to Bencher (BMF) or pytest-benchmark JSON"
+    )
+    export.add_argument("results", type=Path, help="a results file (JSON)")
+    export.add_argument("--format", required=True, choices=("bmf", "pytest-benchmark"))
+    export.add_argument("-o", "--output", type=Path, required=True, help="file to write")
+    export.set_defaults(func=_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pytest_mlxperf import synth
 
-    parser = argparse.ArgumentParser(prog="mlxperf", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="mlxperf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     synth.add_parser(sub)
     show = sub.add_parser("machine", help="print this machine's fingerprint and baseline id")
     show.add_argument("--name", help="the --mlxperf-machine override to apply")
     show.set_defaults(func=_machine)
+    _add_results_parsers(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pytest_mlxperf.upgrade import InputError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return int(func(args))
+    except (InputError, OSError) as exc:  # both name the file or choice that is wrong
+        print(f"mlxperf {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""Atomic file writes: a reader (or a process killed mid-write) never sees half a file."""
+"""Reading and writing the project's JSON files: atomic writes (a reader, or a process killed
+mid-write, never sees half a file) and reads whose errors say what is wrong and where."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def _umask() -> int:
@@ -27,3 +30,27 @@ def atomic_write(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class JSONFileError(ValueError):
+    """A file is unreadable or not valid JSON; the message says why (line and column for bad
+    JSON). Callers add the file's path and their own context."""
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file. A missing file raises ``FileNotFoundError``, anything else that is
+    wrong ``JSONFileError``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JSONFileError(f"cannot be read ({exc})") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise JSONFileError(
+            f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from exc
+    except RecursionError as exc:
+        raise JSONFileError("invalid JSON: nested too deeply") from exc

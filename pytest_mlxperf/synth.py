@@ -41,7 +41,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-FACTORY_VERSION = 1
+FACTORY_VERSION = 2  # 2: MLX folders keep the factory's tokenizer files
 CACHE_ENV = "MLXPERF_CACHE_DIR"
 MLX_QUANTS = ("fp32", "fp16", "bf16", "2bit", "3bit", "4bit", "5bit", "6bit", "8bit")
 MLX_DTYPES = ("float32", "float16", "bfloat16")
@@ -651,6 +651,11 @@ def _build_mlx(
                 q_bits=bits,
                 dtype=dtype,
             )
+        # convert() re-saves the tokenizer through the installed transformers, whose format
+        # (transformers 5: "TokenizersBackend") older mlx-lm releases cannot read; the factory's
+        # own files load everywhere, so a cached model serves a whole matrix of versions
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copyfile(hf / name, tmp / name)
         return sorted(p.name for p in tmp.glob("*.safetensors"))
 
     return _materialize(cache_dir, label, spec, build, ("mlx", "mlx-lm"))
