@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -81,6 +82,26 @@ class MlxPerf:
                 self._item.nodeid,
                 model,
                 workload or Workload(**workload_fields),
+                self.settings,
+                name,
+            )
+        )
+
+    def finetune(
+        self, model: LoadedModel, dataset: str | Path, *, name: str | None = None, **fields: Any
+    ) -> PerfResult:
+        """Measure a short LoRA fine-tuning run (QLoRA when the model is quantized) of an MLX
+        model with mlx-lm's own trainer on ``dataset`` (a jsonl file or a folder with
+        ``train.jsonl``): ``iterations_per_s``, ``trained_tps`` and ``peak_memory``. Fields of
+        ``pytest_mlxperf.finetune.FinetuneWorkload`` (``batch_size``, ``num_layers``,
+        ``grad_checkpoint``, ``max_seq_length``, ``iterations``, ...) are keyword arguments."""
+        from pytest_mlxperf.finetune import FinetuneWorkload
+
+        return self._record(
+            lambda: self._session.finetune(
+                self._item.nodeid,
+                model,
+                FinetuneWorkload(dataset=str(dataset), **fields),
                 self.settings,
                 name,
             )

@@ -72,6 +72,24 @@ METRICS: dict[str, Metric] = {
             "peak memory of one repetition (MLX allocator peak; llama.cpp: process VmHWM)",
         ),
         Metric(
+            "iterations_per_s",
+            "it/s",
+            True,
+            0.10,
+            True,
+            "fine-tuning: timed training iterations (one optimizer step each) / seconds from "
+            "the end of the warm-up iterations to the end of the last one",
+        ),
+        Metric(
+            "trained_tps",
+            "tok/s",
+            True,
+            0.10,
+            True,
+            "fine-tuning: tokens that count toward the loss (mlx-lm's trained_tokens) in the "
+            "timed iterations / the same seconds",
+        ),
+        Metric(
             "duration",
             "s",
             False,

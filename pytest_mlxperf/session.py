@@ -248,6 +248,25 @@ class PerfSession:
             nodeid, key, lambda: self._measure(model, workload, settings), model.load_time, settings
         )
 
+    def finetune(
+        self,
+        nodeid: str,
+        model: backends.LoadedModel,
+        workload: Any,
+        settings: Settings,
+        name: str | None = None,
+    ) -> PerfResult:
+        """Measure LoRA fine-tuning of an MLX model and gate it (see ``gate``)."""
+        if not hasattr(model, "finetune") or model.backend != "mlx":
+            raise ValueError(f"fine-tuning is measured with MLX only, not {model.backend!r}")
+        key = name or f"{model.backend}:{model.identity['name']}:{workload.label}"
+
+        def take() -> Measurement:
+            with measurement_lock():
+                return model.finetune(workload, settings.warmup, settings.repetitions)
+
+        return self.gate(nodeid, key, take, model.load_time, settings)
+
     def time(
         self,
         nodeid: str,

@@ -191,6 +191,10 @@ class WorkerModel(LoadedModel):
         self.used = True
         return self._call("run", prompt, context, workload)
 
+    def finetune(self, workload: Any, warmup: int, repetitions: int) -> Any:
+        self.used = True
+        return self._call("finetune", workload, warmup, repetitions)
+
     def close(self) -> None:
         if self._proc.is_alive():
             with contextlib.suppress(BrokenPipeError, OSError):

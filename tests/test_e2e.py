@@ -163,3 +163,32 @@ def test_users_callable_is_timed_and_gated(
     slow = pytester.runpytest_subprocess("--mlxperf")
     slow.assert_outcomes(failed=1)
     slow.stdout.fnmatch_lines(["*duration: 10.* ms -> 30.* ms (+*%*", "*call:summarize*"])
+
+
+@pytest.mark.usefixtures("synth_cache")
+def test_finetune_is_measured_in_the_worker_and_gated(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_lora="""
+        from pytest_mlxperf.finetune import make_dataset
+
+        def test_lora(mlxperf, tmp_path):
+            data = make_dataset(tmp_path / "train.jsonl", n=16, tokens=40)
+            model = mlxperf.load("mlx", "synth:tiny@fp32")
+            result = mlxperf.finetune(
+                model, data, iterations=2, batch_size=2, max_seq_length=64, num_layers=2
+            )
+            assert result.median("trained_tps") > 0
+
+        def test_llamacpp_cannot_finetune(mlxperf, tmp_path):
+            model = mlxperf.load("llamacpp", "synth:tiny")
+            mlxperf.finetune(model, make_dataset(tmp_path / "t.jsonl", n=4))
+        """
+    )
+    args = ("--mlxperf", "--mlxperf-repetitions", "3", "--mlxperf-warmup", "0")
+    result = pytester.runpytest_subprocess(*args, "--mlxperf-json", "r.json")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*fine-tuning is measured with MLX only, not 'llamacpp'*"])
+    (record,) = json.loads((pytester.path / "r.json").read_text())["results"]
+    assert record["workload_label"] == "lora-b2-l2-s64"
+    assert set(record["samples"]) == {"iterations_per_s", "trained_tps", "peak_memory"}
+    assert all(len(v) == 3 for v in record["samples"].values())

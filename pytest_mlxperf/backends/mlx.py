@@ -95,6 +95,20 @@ class MLXModel(LoadedModel):
             t_end = time.perf_counter()
         return RawSample(t_start, stamps, t_end, tokens, int(get_peak()))
 
+    def finetune(self, workload: Any, warmup: int, repetitions: int) -> Any:
+        """A LoRA (QLoRA on a quantized model) fine-tuning measurement with mlx-lm's trainer:
+        a ``Measurement`` of ``finetune.FinetuneWorkload`` (see ``pytest_mlxperf.finetune``)."""
+        from pytest_mlxperf.finetune import measure_finetune
+
+        return measure_finetune(
+            self.model,
+            self.tokenizer,
+            workload,
+            warmup=warmup,
+            repetitions=repetitions,
+            identity=self.identity,
+        )
+
     def close(self) -> None:
         del self.model
         self._mx.clear_cache()
