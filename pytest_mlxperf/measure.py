@@ -12,6 +12,8 @@ Definitions (per repetition):
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ class Measurement:
     raw: list[Any] = field(repr=False)
     warmup: int = 0
     wall_time: float = 0.0
+    fingerprint: str | None = None
 
 
 def derive_metrics(raw: RawSample, prompt_tokens: int) -> dict[str, float]:
@@ -50,6 +53,12 @@ def derive_metrics(raw: RawSample, prompt_tokens: int) -> dict[str, float]:
         "ttft": ttft,
         "peak_memory": float(raw.peak_memory),
     }
+
+
+def output_fingerprint(tokens: list[int]) -> str:
+    """A short hash of greedy output: recorded with baselines, so that a change of behaviour
+    (an early stop, different numerics) is reported beside a change of speed."""
+    return hashlib.sha256(json.dumps(tokens).encode()).hexdigest()[:16]
 
 
 def make_prompt(model: LoadedModel, workload: Workload) -> tuple[list[int], list[int]]:
@@ -105,6 +114,7 @@ def measure(
     per_rep = [derive_metrics(raw, len(prompt)) for raw in raws]
     samples = {name: [rep[name] for rep in per_rep] for name in per_rep[0]}
     return Measurement(
+        fingerprint=output_fingerprint(raws[0].tokens) if workload.temp == 0 else None,
         backend=model.backend,
         model=model.identity,
         workload=workload,

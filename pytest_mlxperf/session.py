@@ -139,6 +139,7 @@ class PerfResult:
             "workload": m.workload.identity(),
             "workload_label": m.workload.label,
             "warmup": m.warmup,
+            "output_fingerprint": m.fingerprint,
             "wall_time": m.wall_time,
             "load_time": self.load_time,
             "samples": m.samples,
@@ -355,6 +356,7 @@ class PerfSession:
                 {
                     "samples": result.all_samples,
                     "provenance": self.provenance,
+                    "output_fingerprint": m.fingerprint,
                 }
             ],
         }
@@ -391,6 +393,12 @@ class PerfSession:
                 result.notes.append("no baseline yet: record one with --mlxperf-save-baselines")
             return result
         result.baseline_provenance = entry["runs"][-1]["provenance"]
+        before = entry["runs"][-1].get("output_fingerprint")
+        if before and measurement.fingerprint and before != measurement.fingerprint:
+            result.notes.append(
+                f"output changed: the greedy tokens differ from the baseline's ({before} -> "
+                f"{measurement.fingerprint}): a change of behaviour, not only of speed"
+            )
         baseline = pooled_samples(entry)
         differences = _diff(entry["model"], measurement.model, "model.") + _diff(
             entry["workload"], measurement.workload.identity(), "workload."

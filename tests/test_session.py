@@ -25,7 +25,10 @@ class ScriptedModel(LoadedModel):
     vocab_size = 50
     context_length = 1000
 
-    def __init__(self, speeds: list[float], generated: int | None = None) -> None:
+    def __init__(
+        self, speeds: list[float], generated: int | None = None, first_token: int = 0
+    ) -> None:
+        self.first_token = first_token
         self.identity = {"backend": "mlx", "name": "scripted", "hash": "0"}
         self.speeds = speeds
         self.calls = 0
@@ -41,7 +44,8 @@ class ScriptedModel(LoadedModel):
         jitter = 1 + 0.001 * (self.calls % 5)
         n = self.generated or workload.generation_tokens
         stamps = [0.1 + i / (speed * jitter) for i in range(n)]
-        return RawSample(0.0, stamps, stamps[-1], list(range(n)), 1000)
+        tokens = [self.first_token, *range(1, n)]
+        return RawSample(0.0, stamps, stamps[-1], tokens, 1000)
 
 
 def test_derive_metrics_definitions() -> None:
@@ -124,3 +128,13 @@ def test_backend_table_lines_up_backends_of_one_model() -> None:
     assert "llamacpp" in lines[2] and "Q4_K - Medium" in lines[2] and "2900.0 tok/s" in lines[2]
     assert "mlx" in lines[3] and "4bit/g64" in lines[3] and "150.0 tok/s" in lines[3]
     assert backend_table([record("mlx", None, 1.0)]) is None
+
+
+def test_changed_greedy_output_is_reported_beside_speed(tmp_path: Path) -> None:
+    same = session_with_baseline(tmp_path / "a", confirm=0)
+    result = same.run("t.py::t", ScriptedModel([100.0]), WL, same.settings)
+    assert result.verdict is Verdict.PASS and result.notes == []
+    other = session_with_baseline(tmp_path / "b", confirm=0)
+    result = other.run("t.py::t", ScriptedModel([100.0], first_token=7), WL, other.settings)
+    assert result.verdict is Verdict.PASS
+    assert result.notes[0].startswith("output changed: the greedy tokens differ")
