@@ -146,10 +146,18 @@ def pytest_terminal_summary(
     for record in perf.records:
         if record["verdict"] in EXPLAINED:
             write(record["message"])
-    for record in perf.records:
-        for c in record["comparisons"]:
-            if c.get("noisy"):
-                write(f"{record['test']} [{record['key']}] {c['metric']}: {c['note']}")
+    noisy = [
+        f"  {r['test']} [{r['key']}]: "
+        + ", ".join(c["metric"] for c in r["comparisons"] if c.get("noisy"))
+        for r in perf.records
+        if any(c.get("noisy") for c in r["comparisons"])
+    ]
+    if noisy:
+        write(
+            "too noisy to resolve the tolerance (sample CV above half of it): add repetitions "
+            "(--mlxperf-repetitions), record more baseline runs, or quiet the machine"
+        )
+        write("\n".join(noisy))
     new = sum(r["verdict"] == Verdict.NEW.value and not r["saved"] for r in perf.records)
     if new:
         write(f"{new} measurement(s) without a baseline: record them with --mlxperf-save-baselines")

@@ -172,6 +172,10 @@ class PerfResult:
         }
 
 
+def _restarter(model: backends.LoadedModel) -> Callable[[], None] | None:
+    return model.restart if isinstance(model, WorkerModel) else None
+
+
 def measurement_lock() -> Any:
     """A machine-wide lock held while measuring: xdist workers and parallel tox environments
     then take turns, instead of timing each other's load."""
@@ -246,7 +250,12 @@ class PerfSession:
         """Measure a model on a workload and gate the result (see ``gate``)."""
         key = name or f"{model.backend}:{model.identity['name']}:{workload.label}"
         return self.gate(
-            nodeid, key, lambda: self._measure(model, workload, settings), model.load_time, settings
+            nodeid,
+            key,
+            lambda: self._measure(model, workload, settings),
+            model.load_time,
+            settings,
+            _restarter(model),
         )
 
     def finetune(
@@ -266,7 +275,7 @@ class PerfSession:
             with measurement_lock():
                 return model.finetune(workload, settings.warmup, settings.repetitions)
 
-        return self.gate(nodeid, key, take, model.load_time, settings)
+        return self.gate(nodeid, key, take, model.load_time, settings, _restarter(model))
 
     def time(
         self,
@@ -301,9 +310,12 @@ class PerfSession:
         take: Callable[[], Measurement],
         load_time: float | None,
         settings: Settings,
+        fresh_process: Callable[[], None] | None = None,
     ) -> PerfResult:
         """Take a measurement, judge it against the baseline (re-taking it to confirm a
-        regression), save it if asked, and record the result."""
+        regression, in a fresh worker process where there is one: processes differ more than
+        repetitions, so a confirmation in the same process would repeat its luck), save it if
+        asked, and record the result."""
         if any(r.nodeid == nodeid and r.key == key for r in self.results):
             raise ValueError(
                 f"{nodeid} measured {key!r} twice; give each measurement its own name= argument"
@@ -313,6 +325,8 @@ class PerfSession:
             if result.verdict is not Verdict.REGRESSION or settings.save_baselines:
                 break
             first = result
+            if fresh_process is not None:
+                fresh_process()
             result = self.judge(nodeid, key, take(), load_time, settings)
             if result.verdict is Verdict.REGRESSION:
                 result.notes.append(f"confirmed by re-measurement {attempt} of {settings.confirm}")

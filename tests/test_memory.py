@@ -64,3 +64,30 @@ def test_fresh_worker_per_measurement_where_peak_cannot_be_reset(
         assert (pids[0] == pids[1]) is resettable
     finally:
         session.close()
+
+
+@pytest.mark.usefixtures("synth_cache")
+def test_regression_is_confirmed_in_a_fresh_worker(tmp_path: Path) -> None:
+    import json
+
+    wl = Workload(prompt_tokens=16, generation_tokens=8)
+    saver = PerfSession(Settings(save_baselines=True, machine="box", warmup=0), tmp_path)
+    try:
+        saver.run("t.py::t", saver.load("llamacpp", "synth:tiny"), wl, saver.settings)
+    finally:
+        saver.close()
+    path = next(tmp_path.glob("baselines/*.json"))
+    data = json.loads(path.read_text())
+    for entry in data["entries"].values():
+        run = entry["runs"][0]
+        run["samples"]["peak_memory"] = [v / 2 for v in run["samples"]["peak_memory"]]
+    path.write_text(json.dumps(data))
+    session = PerfSession(Settings(machine="box", warmup=0, confirm=1), tmp_path)
+    try:
+        model = session.load("llamacpp", "synth:tiny")
+        first_pid = model.pid
+        result = session.run("t.py::t", model, wl, session.settings)
+        assert "confirmed by re-measurement 1 of 1" in result.notes
+        assert model.pid != first_pid  # the confirmation ran in a new process
+    finally:
+        session.close()
