@@ -7,6 +7,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# the smallest real perf test: one llama.cpp measurement of the tiny synthetic model
+TINY_PERF_TEST = """
+def test_perf(mlxperf):
+    model = mlxperf.load("llamacpp", "synth:tiny")
+    mlxperf.measure(model, prompt_tokens=16, generation_tokens=8)
+"""
 
 
 @pytest.fixture(scope="session")

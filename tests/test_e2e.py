@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY_PERF_TEST
 
 EXAMPLE = REPO / "tests" / "perf" / "test_example_perf.py"
 BASELINE = "baselines/test_example_perf.json"
@@ -126,13 +126,7 @@ def test_generated_count_and_llama_counters_agree_with_timestamps() -> None:
 
 @pytest.mark.usefixtures("synth_cache")
 def test_junit_xml_has_a_property_per_metric(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_suite="""
-        def test_perf(mlxperf):
-            model = mlxperf.load("llamacpp", "synth:tiny")
-            mlxperf.measure(model, prompt_tokens=16, generation_tokens=8)
-        """
-    )
+    pytester.makepyfile(test_suite=TINY_PERF_TEST)
     result = pytester.runpytest_subprocess("--mlxperf", "--junitxml", "junit.xml")
     result.assert_outcomes(passed=1)
     xml = (pytester.path / "junit.xml").read_text()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pytest_mlxperf.baseline import BaselineStore, read_file
+from tests.conftest import TINY_PERF_TEST
 
 pytestmark = pytest.mark.usefixtures("synth_cache")
 
@@ -132,16 +133,7 @@ def test_writer_killed_mid_write_leaves_a_loadable_file(tmp_path: Path) -> None:
 def test_bad_baseline_file_errors_the_test_and_is_left_untouched(
     pytester: pytest.Pytester, content: str, message: str
 ) -> None:
-    pytester.makepyfile(
-        test_suite="""
-        def test_perf(mlxperf):
-            model = mlxperf.load("llamacpp", "synth:tiny")
-            mlxperf.measure(model, prompt_tokens=16, generation_tokens=8)
-
-        def test_unrelated():
-            pass
-        """
-    )
+    pytester.makepyfile(test_suite=TINY_PERF_TEST + "\n\ndef test_unrelated():\n    pass\n")
     path = pytester.path / "baselines" / "test_suite.json"
     path.parent.mkdir()
     path.write_text(content)
@@ -154,12 +146,7 @@ def test_bad_baseline_file_errors_the_test_and_is_left_untouched(
 
 
 def test_baseline_from_another_machine_is_never_compared(pytester: pytest.Pytester) -> None:
-    source = """
-    def test_perf(mlxperf):
-        model = mlxperf.load("llamacpp", "synth:tiny")
-        mlxperf.measure(model, prompt_tokens=16, generation_tokens=8)
-    """
-    path = saved_suite(pytester, source, "--mlxperf-machine", "laptop")
+    path = saved_suite(pytester, TINY_PERF_TEST, "--mlxperf-machine", "laptop")
     data = json.loads(path.read_text())
     (entry,) = data["entries"].values()
     samples = entry["runs"][0]["samples"]
