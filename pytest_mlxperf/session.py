@@ -6,6 +6,7 @@ The pytest plugin keeps one ``PerfSession`` in ``config.stash``; nothing here im
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -78,8 +79,6 @@ class PerfResult:
         return {**self.measurement.samples, **extra}
 
     def median(self, metric_name: str) -> float:
-        import statistics
-
         return statistics.median(self.all_samples[metric_name])
 
     @property
@@ -172,6 +171,11 @@ class PerfResult:
         }
 
 
+def _model_key(model: backends.LoadedModel, workload: Any, name: str | None) -> str:
+    """A measurement's key within its test: the given name, or backend, model and workload."""
+    return name or f"{model.backend}:{model.identity['name']}:{workload.label}"
+
+
 def _restarter(model: backends.LoadedModel) -> Callable[[], None] | None:
     return model.restart if isinstance(model, WorkerModel) else None
 
@@ -248,10 +252,9 @@ class PerfSession:
         name: str | None = None,
     ) -> PerfResult:
         """Measure a model on a workload and gate the result (see ``gate``)."""
-        key = name or f"{model.backend}:{model.identity['name']}:{workload.label}"
         return self.gate(
             nodeid,
-            key,
+            _model_key(model, workload, name),
             lambda: self._measure(model, workload, settings),
             model.load_time,
             settings,
@@ -269,13 +272,14 @@ class PerfSession:
         """Measure LoRA fine-tuning of an MLX model and gate it (see ``gate``)."""
         if not hasattr(model, "finetune") or model.backend != "mlx":
             raise ValueError(f"fine-tuning is measured with MLX only, not {model.backend!r}")
-        key = name or f"{model.backend}:{model.identity['name']}:{workload.label}"
-
-        def take() -> Measurement:
-            with measurement_lock():
-                return model.finetune(workload, settings.warmup, settings.repetitions)
-
-        return self.gate(nodeid, key, take, model.load_time, settings, _restarter(model))
+        return self.gate(
+            nodeid,
+            _model_key(model, workload, name),
+            lambda: model.finetune(workload, settings.warmup, settings.repetitions),
+            model.load_time,
+            settings,
+            _restarter(model),
+        )
 
     def time(
         self,
@@ -290,16 +294,15 @@ class PerfSession:
         label = name or getattr(fn, "__qualname__", None) or repr(fn)
 
         def take() -> Measurement:
-            with measurement_lock():
-                return time_callable(
-                    fn,
-                    args,
-                    kwargs,
-                    label,
-                    warmup=settings.warmup,
-                    repetitions=settings.repetitions,
-                    cooldown=settings.cooldown,
-                )
+            return time_callable(
+                fn,
+                args,
+                kwargs,
+                label,
+                warmup=settings.warmup,
+                repetitions=settings.repetitions,
+                cooldown=settings.cooldown,
+            )
 
         return self.gate(nodeid, f"call:{label}", take, None, settings)
 
@@ -312,22 +315,27 @@ class PerfSession:
         settings: Settings,
         fresh_process: Callable[[], None] | None = None,
     ) -> PerfResult:
-        """Take a measurement, judge it against the baseline (re-taking it to confirm a
-        regression, in a fresh worker process where there is one: processes differ more than
-        repetitions, so a confirmation in the same process would repeat its luck), save it if
-        asked, and record the result."""
+        """Take a measurement (under the machine-wide measurement lock), judge it against the
+        baseline (re-taking it to confirm a regression, in a fresh worker process where there
+        is one: processes differ more than repetitions, so a confirmation in the same process
+        would repeat its luck), save it if asked, and record the result."""
         if any(r.nodeid == nodeid and r.key == key for r in self.results):
             raise ValueError(
                 f"{nodeid} measured {key!r} twice; give each measurement its own name= argument"
             )
-        result = self.judge(nodeid, key, take(), load_time, settings)
+
+        def locked_take() -> Measurement:
+            with measurement_lock():
+                return take()
+
+        result = self.judge(nodeid, key, locked_take(), load_time, settings)
         for attempt in range(1, settings.confirm + 1):
             if result.verdict is not Verdict.REGRESSION or settings.save_baselines:
                 break
             first = result
             if fresh_process is not None:
                 fresh_process()
-            result = self.judge(nodeid, key, take(), load_time, settings)
+            result = self.judge(nodeid, key, locked_take(), load_time, settings)
             if result.verdict is Verdict.REGRESSION:
                 result.notes.append(f"confirmed by re-measurement {attempt} of {settings.confirm}")
             else:
@@ -348,14 +356,13 @@ class PerfSession:
     ) -> Measurement:
         if isinstance(model, WorkerModel) and model.used and not self.memory_resettable:
             model.restart()
-        with measurement_lock():
-            return measure(
-                model,
-                workload,
-                warmup=settings.warmup,
-                repetitions=settings.repetitions,
-                cooldown=settings.cooldown,
-            )
+        return measure(
+            model,
+            workload,
+            warmup=settings.warmup,
+            repetitions=settings.repetitions,
+            cooldown=settings.cooldown,
+        )
 
     def entry(self, result: PerfResult) -> dict[str, Any]:
         m = result.measurement
