@@ -31,8 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-from pytest_mlxperf.compare import Verdict, compare_metric
 from pytest_mlxperf.metrics import METRICS
+from pytest_mlxperf.verdicts import Verdict, compare_metric
 
 REPS = 5
 SLOWDOWNS = (0.05, 0.10, 0.20, 0.30, 0.50)

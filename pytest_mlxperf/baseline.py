@@ -16,12 +16,12 @@ overwritten. Nothing here imports pytest.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pytest_mlxperf.files import JSONFileError, atomic_write, read_json
+from pytest_mlxperf.files import JSONFileError, atomic_write, lock_for, read_json
+from pytest_mlxperf.metrics import sample_problem
 
 SCHEMA_VERSION = 1
 ENTRY_FIELDS = {
@@ -54,6 +54,37 @@ def _round(value: float) -> float:
     return float(f"{value:.6g}")
 
 
+def new_entry(
+    *,
+    machine: dict[str, Any],
+    test: str,
+    name: str,
+    backend: str,
+    model: dict[str, Any],
+    workload: dict[str, Any],
+    samples: dict[str, list[float]],
+    provenance: dict[str, Any],
+    output_fingerprint: str | None,
+) -> dict[str, Any]:
+    """A baseline entry holding one run: identity (machine, test, measurement name, backend,
+    model, workload), then the run's samples, provenance and greedy-output fingerprint."""
+    return {
+        "machine": machine,
+        "test": test,
+        "name": name,
+        "backend": backend,
+        "model": model,
+        "workload": workload,
+        "runs": [
+            {
+                "samples": samples,
+                "provenance": provenance,
+                "output_fingerprint": output_fingerprint,
+            }
+        ],
+    }
+
+
 def _check_entry(path: Path, key: str, entry: Any) -> None:
     if not isinstance(entry, dict):
         raise BaselineError(path, f"entry {key!r} is not a JSON object")
@@ -70,21 +101,9 @@ def _check_entry(path: Path, key: str, entry: Any) -> None:
             raise BaselineError(path, f"{where}: needs a 'provenance' object")
         if not isinstance(run.get("samples"), dict):
             raise BaselineError(path, f"{where}: needs a 'samples' object")
-        for metric, samples in run["samples"].items():
-            if not isinstance(samples, list) or not samples:
-                raise BaselineError(
-                    path, f"{where}: samples of {metric!r} must be a non-empty list"
-                )
-            for value in samples:
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise BaselineError(
-                        path, f"{where}: sample {value!r} of {metric!r} is not a number"
-                    )
-                if not math.isfinite(value) or value < 0:
-                    raise BaselineError(
-                        path,
-                        f"{where}: sample {value!r} of {metric!r} is not a finite number >= 0",
-                    )
+        problem = sample_problem(run["samples"], known_only=False)
+        if problem:
+            raise BaselineError(path, f"{where}: {problem}")
 
 
 def pooled_samples(entry: dict[str, Any]) -> dict[str, list[float]]:
@@ -171,8 +190,6 @@ class BaselineStore:
         """Add one run (``entry["runs"]`` holds it) to its entry, keeping every other entry of
         the file. The entry keeps up to ``keep_runs`` runs while identity and package versions
         stay the same; anything else starts it afresh."""
-        from filelock import FileLock
-
         path = self.path_for(nodeid)
         entry = dict(entry)
         entry["runs"] = [
@@ -182,7 +199,7 @@ class BaselineStore:
         _check_entry(path, measurement_key, entry)
         path.parent.mkdir(parents=True, exist_ok=True)
         key = entry_key(machine_id, measurement_key)
-        with FileLock(str(path) + ".lock", timeout=60):
+        with lock_for(path, timeout=60):
             entries = read_file(path)  # raises on a corrupt file, which is then left as it is
             old = entries.get(key)
             if old is not None and _same_series(old, entry):

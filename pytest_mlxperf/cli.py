@@ -18,7 +18,7 @@ from pytest_mlxperf import __version__, machine
 from pytest_mlxperf.options import OPTIONS_BY_NAME, argparse_type
 
 if TYPE_CHECKING:
-    from pytest_mlxperf.upgrade import Comparison
+    from pytest_mlxperf.comparison import Comparison
 
 
 def _machine(args: argparse.Namespace) -> int:
@@ -28,41 +28,45 @@ def _machine(args: argparse.Namespace) -> int:
 
 
 def _comparison(args: argparse.Namespace) -> Comparison:
-    from pytest_mlxperf import upgrade
+    from pytest_mlxperf.comparison import compare_files, resolve_reference
+    from pytest_mlxperf.results import load_results
 
-    files = [upgrade.load_results(path) for path in args.results]
-    reference = upgrade.resolve_reference(args.results, args.reference)
-    return upgrade.compare_files(files, reference, args.tolerance, args.alpha)
+    files = [load_results(path) for path in args.results]
+    reference = resolve_reference(args.results, args.reference)
+    return compare_files(files, reference, args.tolerance, args.alpha)
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from pytest_mlxperf import htmlreport, upgrade
+    from pytest_mlxperf.render.markdown import markdown
+    from pytest_mlxperf.render.text import text_table
+    from pytest_mlxperf.results import InputError
 
     if len(args.results) < 2:
-        raise upgrade.InputError("compare needs at least two results files")
+        raise InputError("compare needs at least two results files")
     comparison = _comparison(args)
-    print(htmlreport.markdown(comparison) if args.markdown else upgrade.text_table(comparison))
+    print(markdown(comparison) if args.markdown else text_table(comparison))
     return 1 if comparison.regressions else 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from pytest_mlxperf import htmlreport
     from pytest_mlxperf.files import atomic_write
+    from pytest_mlxperf.render.html import html_report
+    from pytest_mlxperf.render.markdown import markdown
 
     comparison = _comparison(args)
-    atomic_write(args.output, htmlreport.html_report(comparison))
+    atomic_write(args.output, html_report(comparison))
     print(f"HTML report written to {args.output}")
     if args.markdown:
-        atomic_write(args.markdown, htmlreport.markdown(comparison))
+        atomic_write(args.markdown, markdown(comparison))
         print(f"Markdown written to {args.markdown}")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from pytest_mlxperf import exports, upgrade
-    from pytest_mlxperf.report import write_json
+    from pytest_mlxperf.render.exports import export
+    from pytest_mlxperf.results import load_results, write_json
 
-    document = exports.export(upgrade.load_results(args.results), args.format)
+    document = export(load_results(args.results), args.format)
     write_json(args.output, document)
     print(f"{args.format} written to {args.output}")
     return 0
@@ -139,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pytest_mlxperf.upgrade import InputError
+    from pytest_mlxperf.results import InputError
 
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func

@@ -1,52 +1,57 @@
 """Settings resolved once per session, then per test: marker > command line > env > ini.
 
 Every error names where the bad value came from (flag, environment variable, ini key, marker).
+The ``Settings`` fields and the marker's arguments are made from ``options.OPTIONS``.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+import functools
+from collections.abc import Callable, Hashable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pytest_mlxperf.metrics import METRICS
-from pytest_mlxperf.options import (
-    OPTIONS,
-    parse_alpha,
-    parse_bool,
-    parse_non_negative_int,
-    parse_positive_int,
-    parse_seconds,
-    tolerances_from_marker,
-)
+from pytest_mlxperf.options import OPTIONS, Option
+
+_T = TypeVar("_T")
 
 
 class SettingsError(ValueError):
     """A setting has a bad value; the message names its source."""
 
 
-@dataclass(frozen=True)
+def _field(option: Option) -> Any:
+    """The option's dataclass field: a mutable default (a dict) is copied for each instance."""
+    if isinstance(option.default, Hashable):
+        return dataclasses.field(default=option.default)
+    return dataclasses.field(default_factory=functools.partial(copy.copy, option.default))
+
+
+def _fields_from_options(cls: type[_T]) -> type[_T]:
+    """Make ``cls`` a frozen dataclass with one field per option, in table order."""
+    cls.__annotations__ = {option.name: option.annotation for option in OPTIONS}
+    for option in OPTIONS:
+        setattr(cls, option.name, _field(option))
+    return dataclasses.dataclass(frozen=True)(cls)
+
+
+@_fields_from_options
 class Settings:
-    enabled: bool = False
-    save_baselines: bool = False
-    baseline_runs: int = 5
-    baselines_dir: str = "baselines"
-    json: str | None = None
-    repetitions: int = 5
-    warmup: int = 1
-    cooldown: float = 0.0
-    confirm: int = 1
-    alpha: float = 0.01
-    tolerance: Mapping[str, float] = field(default_factory=dict)
-    strict: bool = False
-    machine: str | None = None
-    isolate: bool = True
-    timeout: float = 600.0
-    memory_limit: int | None = None
-    cache_dir: str | None = None
+    """The settings of a session, or of one test once its marker is applied: a frozen
+    dataclass with one field per ``Option`` of ``options.OPTIONS``, of its name, type and
+    default (``inspect.signature(Settings)`` lists them). Built by keyword:
+    ``Settings(machine="box", confirm=2)``."""
+
+    if TYPE_CHECKING:  # the fields are made from OPTIONS when the module is imported
+
+        def __init__(self, **values: Any) -> None: ...
+
+        def __getattr__(self, name: str) -> Any: ...
 
     def tolerance_for(self, metric_name: str) -> float:
+        """The metric's tolerance: the one set for this run or test, else the metric's own."""
         return self.tolerance.get(metric_name, METRICS[metric_name].default_tolerance)
 
 
@@ -76,31 +81,29 @@ def resolve(
     return Settings(**values)
 
 
-MARKER_ARGS: dict[str, Callable[[Any], Any]] = {
-    "tolerance": tolerances_from_marker,
-    "repetitions": lambda v: parse_positive_int(str(v)),
-    "warmup": lambda v: parse_non_negative_int(str(v)),
-    "cooldown": lambda v: parse_seconds(str(v)),
-    "confirm": lambda v: parse_non_negative_int(str(v)),
-    "alpha": lambda v: parse_alpha(str(v)),
-    "strict": lambda v: v if isinstance(v, bool) else parse_bool(str(v)),
-}
+MARKER_OPTIONS: dict[str, Option] = {option.name: option for option in OPTIONS if option.marker}
+MARKER_HELP = (
+    f"mlxperf({', '.join(f'{name}=None' for name in MARKER_OPTIONS)}): a performance test "
+    "(runs with --mlxperf); keyword arguments override the session settings for this test, "
+    "e.g. tolerance={'generation_tps': '5%'}"
+)
 
 
 def with_marker(settings: Settings, kwargs: Mapping[str, Any], where: str) -> Settings:
     """The session settings overridden by one test's ``mlxperf`` marker arguments."""
-    unknown = sorted(set(kwargs) - set(MARKER_ARGS))
+    unknown = sorted(set(kwargs) - set(MARKER_OPTIONS))
     if unknown:
         raise SettingsError(
             f"mlxperf marker on {where}: unknown argument(s) {', '.join(unknown)}; "
-            f"known: {', '.join(MARKER_ARGS)}"
+            f"known: {', '.join(MARKER_OPTIONS)}"
         )
     changes: dict[str, Any] = {}
     for name, value in kwargs.items():
+        option = MARKER_OPTIONS[name]
         try:
-            changes[name] = MARKER_ARGS[name](value)
+            changes[name] = option.from_marker(value)
         except ValueError as exc:
             raise SettingsError(f"mlxperf marker on {where}: {name}={value!r}: {exc}") from None
-    if "tolerance" in changes:
-        changes["tolerance"] = {**settings.tolerance, **changes["tolerance"]}
+        if option.marker_merges:
+            changes[name] = {**getattr(settings, name), **changes[name]}
     return dataclasses.replace(settings, **changes)

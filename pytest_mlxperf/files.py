@@ -1,13 +1,18 @@
 """Reading and writing the project's JSON files: atomic writes (a reader, or a process killed
-mid-write, never sees half a file) and reads whose errors say what is wrong and where."""
+mid-write, never sees half a file), locks kept out of the folders users commit, and reads whose
+errors say what is wrong and where."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from filelock import FileLock
 
 
 def _umask() -> int:
@@ -54,3 +59,15 @@ def read_json(path: Path) -> Any:
         ) from exc
     except RecursionError as exc:
         raise JSONFileError("invalid JSON: nested too deeply") from exc
+
+
+def lock_for(path: Path, timeout: float = -1) -> FileLock:
+    """A cross-process lock that guards ``path``. The lock file lives in the temporary folder,
+    named by a hash of the absolute path, so a baselines folder under version control never
+    gets ``.lock`` files beside its JSON."""
+    from filelock import FileLock
+
+    digest = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:20]
+    folder = Path(tempfile.gettempdir()) / "pytest-mlxperf-locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder / f"{Path(path).name}.{digest}.lock"), timeout=timeout)

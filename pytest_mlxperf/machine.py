@@ -15,7 +15,7 @@ import subprocess
 from importlib import metadata
 from typing import Any
 
-PACKAGES = ("mlx", "mlx-metal", "mlx-cpu", "mlx-cuda", "mlx-lm", "llama-cpp-python")
+from pytest_mlxperf.packages import PACKAGES
 
 
 def _cpu_model_linux(cpuinfo: str) -> str:

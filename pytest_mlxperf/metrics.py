@@ -6,7 +6,9 @@ branching on the metric's name.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -19,14 +21,23 @@ class Metric:
     default_tolerance: float
     gated: bool
     description: str
+    label: str  # column heading in tables
+
+    def display_unit(self, largest: float) -> tuple[float, str]:
+        """(factor, unit) for showing values up to ``largest``: memory in GB (1e9 bytes, like
+        mlx-lm) from 1 GB and in MB below, so small models' differences stay visible; seconds
+        in ms below one second."""
+        if self.unit == "bytes":
+            return (1e-9, "GB") if largest >= 1e9 else (1e-6, "MB")
+        if self.unit == "s":
+            return (1.0, "s") if largest >= 1 else (1e3, "ms")
+        return 1.0, self.unit
 
     def format(self, value: float) -> str:
-        """Render a value in the metric's display unit (memory in GB = 1e9 bytes, like mlx-lm)."""
-        if self.unit == "bytes":
-            return f"{value / 1e9:.3f} GB"
-        if self.unit == "s":
-            return f"{value * 1e3:.1f} ms" if value < 1 else f"{value:.2f} s"
-        return f"{value:.1f} {self.unit}"
+        """Render a value in the metric's display unit."""
+        factor, unit = self.display_unit(value)
+        decimals = 3 if unit == "GB" else 2 if unit == "s" else 1
+        return f"{value * factor:.{decimals}f} {unit}"
 
     def worse_change(self, baseline: float, current: float) -> float:
         """Relative change in the *worse* direction: positive means ``current`` is worse."""
@@ -46,6 +57,7 @@ METRICS: dict[str, Metric] = {
             0.10,
             True,
             "prompt tokens / time to first token (mlx-lm's convention)",
+            "prompt",
         ),
         Metric(
             "generation_tps",
@@ -54,6 +66,7 @@ METRICS: dict[str, Metric] = {
             0.10,
             True,
             "(generated - 1) / (t_last - t_first): steady decode, first token excluded",
+            "generation",
         ),
         Metric(
             "ttft",
@@ -62,6 +75,7 @@ METRICS: dict[str, Metric] = {
             0.15,
             True,
             "seconds from the start of prompt processing to the first token being ready",
+            "TTFT",
         ),
         Metric(
             "peak_memory",
@@ -70,6 +84,7 @@ METRICS: dict[str, Metric] = {
             0.05,
             True,
             "peak memory of one repetition (MLX allocator peak; llama.cpp: process VmHWM)",
+            "peak mem",
         ),
         Metric(
             "iterations_per_s",
@@ -79,6 +94,7 @@ METRICS: dict[str, Metric] = {
             True,
             "fine-tuning: timed training iterations (one optimizer step each) / seconds from "
             "the end of the warm-up iterations to the end of the last one",
+            "iterations",
         ),
         Metric(
             "trained_tps",
@@ -88,6 +104,7 @@ METRICS: dict[str, Metric] = {
             True,
             "fine-tuning: tokens that count toward the loss (mlx-lm's trained_tokens) in the "
             "timed iterations / the same seconds",
+            "trained",
         ),
         Metric(
             "duration",
@@ -96,6 +113,7 @@ METRICS: dict[str, Metric] = {
             0.10,
             True,
             "seconds one call of a user's callable takes, end to end",
+            "duration",
         ),
         Metric(
             "load_time",
@@ -104,6 +122,7 @@ METRICS: dict[str, Metric] = {
             0.50,
             False,
             "seconds to load the model (one sample per session: reported, not gated)",
+            "load",
         ),
     )
 }
@@ -115,3 +134,23 @@ def metric(name: str) -> Metric:
         return METRICS[name]
     except KeyError:
         raise ValueError(f"unknown metric {name!r}; known metrics: {', '.join(METRICS)}") from None
+
+
+def sample_problem(samples: Any, *, known_only: bool) -> str | None:
+    """What is wrong with a ``{metric: [values]}`` mapping read from a file, or ``None``: each
+    list non-empty, each value a finite number >= 0, and (``known_only``) each metric known.
+    Baseline files tolerate metrics this version does not know (a newer version wrote them);
+    results files, which are judged metric by metric, do not."""
+    if not isinstance(samples, dict):
+        return "samples must be a JSON object"
+    for name, values in samples.items():
+        if known_only and name not in METRICS:
+            return f"unknown metric {name!r}"
+        if not isinstance(values, list) or not values:
+            return f"samples of {name!r} must be a non-empty list"
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f"sample {value!r} of {name!r} is not a number"
+            if not math.isfinite(value) or value < 0:
+                return f"sample {value!r} of {name!r} is not a finite number >= 0"
+    return None

@@ -1,8 +1,10 @@
 """Option definitions and value parsers, shared by the pytest plugin and the ``mlxperf`` CLI.
 
-Every setting has one definition here, from which come its command-line flag
-(``--mlxperf-NAME``), its ini key (``mlxperf_NAME``) and its environment variable
-(``MLXPERF_NAME``). Parsers raise ``ValueError`` with a message that says what was expected.
+Every setting has one definition here, a row of ``OPTIONS``, from which come its command-line
+flag (``--mlxperf-NAME``), its ini key (``mlxperf_NAME``), its environment variable
+(``MLXPERF_NAME``), its field of ``config.Settings`` and, if it is one, its argument of the
+``mlxperf`` marker (with the marker's help). Adding a setting is adding a row. Parsers raise
+``ValueError`` with a message that says what was expected.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import argparse
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from pytest_mlxperf.metrics import METRICS, metric
@@ -142,15 +144,27 @@ def tolerances_from_marker(value: Any) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Option:
-    """One setting: its parser, default and help, and the names it goes by."""
+    """One setting: its type, parser, default and help, and the names it goes by.
+
+    ``type`` is the value's Python type; the ``Settings`` field is ``type | None`` where the
+    default is ``None``. ``marker=True`` makes it an argument of the ``mlxperf`` marker, whose
+    values are Python values as a test writes them: a bool option takes a bool as it is, any
+    other value is parsed from its text, unless ``marker_parse`` parses it; with
+    ``marker_merges`` a marker's mapping adds to the session's instead of replacing it.
+    """
 
     name: str
     parse: Callable[[str], Any]
     default: Any
     help: str
+    _: KW_ONLY
+    type: Any
     flag: bool = False
     metavar: str | None = None
     shown_default: str | None = None
+    marker: bool = False
+    marker_parse: Callable[[Any], Any] | None = None
+    marker_merges: bool = False
 
     @property
     def default_text(self) -> str:
@@ -160,6 +174,11 @@ class Option:
         if self.flag:
             return "off"
         return "none" if self.default is None else str(self.default)
+
+    @property
+    def annotation(self) -> Any:
+        """The type of the ``Settings`` field."""
+        return self.type if self.default is not None else self.type | None
 
     @property
     def cli(self) -> str:
@@ -173,18 +192,35 @@ class Option:
     def env(self) -> str:
         return "MLXPERF" if self.name == "enabled" else "MLXPERF_" + self.name.upper()
 
+    def from_marker(self, value: Any) -> Any:
+        """A marker argument's value (a bool, a number, a dict or text), parsed."""
+        if self.marker_parse is not None:
+            return self.marker_parse(value)
+        if self.type is bool and isinstance(value, bool):
+            return value
+        return self.parse(str(value))
+
 
 def _default_tolerances() -> str:
     return ", ".join(f"{m.name}={m.default_tolerance:.0%}" for m in METRICS.values() if m.gated)
 
 
+# The order is that of --help, of the Settings fields and of the marker's arguments.
 OPTIONS: tuple[Option, ...] = (
-    Option("enabled", parse_bool, False, "run performance tests (skipped otherwise)", flag=True),
+    Option(
+        "enabled",
+        parse_bool,
+        False,
+        "run performance tests (skipped otherwise)",
+        type=bool,
+        flag=True,
+    ),
     Option(
         "save_baselines",
         parse_bool,
         False,
         "record this run's results as the new baselines (regressions are reported, not failed)",
+        type=bool,
         flag=True,
     ),
     Option(
@@ -193,6 +229,7 @@ OPTIONS: tuple[Option, ...] = (
         5,
         "saved runs a baseline keeps and pools while package versions stay the same (record "
         "a baseline from several separate runs: processes differ more than repetitions do)",
+        type=int,
         metavar="N",
     ),
     Option(
@@ -200,6 +237,7 @@ OPTIONS: tuple[Option, ...] = (
         str,
         "baselines",
         "folder of baseline files, relative to rootdir",
+        type=str,
         metavar="DIR",
     ),
     Option(
@@ -207,21 +245,47 @@ OPTIONS: tuple[Option, ...] = (
         str,
         None,
         "write all results, raw timestamps included, to this JSON file",
+        type=str,
         metavar="PATH",
     ),
-    Option("repetitions", parse_positive_int, 5, "timed repetitions per measurement", metavar="N"),
     Option(
-        "warmup", parse_non_negative_int, 1, "untimed warm-up runs of the same shape", metavar="N"
+        "tolerance",
+        parse_tolerances,
+        {},
+        "per-metric tolerances, e.g. 'generation_tps=5%%,peak_memory=3%%' or '5%%' for all",
+        type=Mapping[str, float],
+        metavar="SPEC",
+        shown_default=_default_tolerances().replace("%", "%%"),
+        marker=True,
+        marker_parse=tolerances_from_marker,
+        marker_merges=True,
     ),
     Option(
-        "cooldown", parse_seconds, 0.0, "seconds to sleep between repetitions", metavar="SECONDS"
+        "repetitions",
+        parse_positive_int,
+        5,
+        "timed repetitions per measurement",
+        type=int,
+        metavar="N",
+        marker=True,
     ),
     Option(
-        "alpha",
-        parse_alpha,
-        0.01,
-        "significance level of the one-sided Mann-Whitney U test",
-        metavar="P",
+        "warmup",
+        parse_non_negative_int,
+        1,
+        "untimed warm-up runs of the same shape",
+        type=int,
+        metavar="N",
+        marker=True,
+    ),
+    Option(
+        "cooldown",
+        parse_seconds,
+        0.0,
+        "seconds to sleep between repetitions",
+        type=float,
+        metavar="SECONDS",
+        marker=True,
     ),
     Option(
         "confirm",
@@ -229,22 +293,27 @@ OPTIONS: tuple[Option, ...] = (
         1,
         "re-measure a regression this many times before failing; it fails only if every "
         "re-measurement regresses too (0: fail at once)",
+        type=int,
         metavar="N",
+        marker=True,
     ),
     Option(
-        "tolerance",
-        parse_tolerances,
-        {},
-        "per-metric tolerances, e.g. 'generation_tps=5%%,peak_memory=3%%' or '5%%' for all",
-        metavar="SPEC",
-        shown_default=_default_tolerances().replace("%", "%%"),
+        "alpha",
+        parse_alpha,
+        0.01,
+        "significance level of the one-sided Mann-Whitney U test",
+        type=float,
+        metavar="P",
+        marker=True,
     ),
     Option(
         "strict",
         parse_bool,
         False,
         "also fail tests that have no baseline, an inconclusive or a not-comparable one",
+        type=bool,
         flag=True,
+        marker=True,
     ),
     Option(
         "machine",
@@ -252,6 +321,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "name this machine for baselines instead of its fingerprint (for machines known to be "
         "equivalent)",
+        type=str,
         metavar="NAME",
     ),
     Option(
@@ -259,6 +329,7 @@ OPTIONS: tuple[Option, ...] = (
         parse_bool,
         True,
         "run each model in its own worker process (crash, hang and memory isolation)",
+        type=bool,
         metavar="BOOL",
     ),
     Option(
@@ -266,6 +337,7 @@ OPTIONS: tuple[Option, ...] = (
         parse_positive_seconds,
         600.0,
         "seconds one load or repetition may take in a worker before it is stopped",
+        type=float,
         metavar="SECONDS",
     ),
     Option(
@@ -273,6 +345,7 @@ OPTIONS: tuple[Option, ...] = (
         parse_size,
         None,
         "stop a worker whose resident memory exceeds this size, e.g. '8GB' (polled)",
+        type=int,
         metavar="SIZE",
     ),
     Option(
@@ -280,6 +353,7 @@ OPTIONS: tuple[Option, ...] = (
         str,
         None,
         "cache folder of synthetic models (default: user cache dir)",
+        type=str,
         metavar="DIR",
     ),
 )

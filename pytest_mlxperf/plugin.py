@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 
-from pytest_mlxperf.compare import Verdict
-from pytest_mlxperf.config import SettingsError, resolve
+from pytest_mlxperf.config import MARKER_HELP, SettingsError, resolve
 from pytest_mlxperf.fixtures import RESULTS_KEY, SESSION_KEY, item_settings, mlxperf
 from pytest_mlxperf.options import OPTIONS, argparse_type
-from pytest_mlxperf.report import backend_table, results_document, table, write_json
+from pytest_mlxperf.render.text import backend_table, table
+from pytest_mlxperf.results import results_document, write_json
 from pytest_mlxperf.session import PerfSession
+from pytest_mlxperf.verdicts import Verdict
 
 __all__ = ["mlxperf"]
 
@@ -55,13 +56,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "mlxperf(tolerance=None, repetitions=None, warmup=None, cooldown=None, confirm=None, "
-        "alpha=None, strict=None): a performance test (runs with --mlxperf); keyword "
-        "arguments override the session settings for this test, e.g. "
-        "tolerance={'generation_tps': '5%'}",
-    )
+    config.addinivalue_line("markers", MARKER_HELP)
     cli = {o.name: config.getoption(f"mlxperf_{o.name}") for o in OPTIONS}
     ini_source = str(config.inipath) if config.inipath else "ini"
     try:

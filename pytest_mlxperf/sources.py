@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_mlxperf.packages import INSTALL_HINTS
+
 SYNTH_PREFIX = "synth:"
 _CHUNK = 1 << 20
 
@@ -62,7 +64,7 @@ def _from_hf_cache(repo_id: str, filename: str | None) -> Path:
     except ImportError as exc:
         raise SourceError(
             f"model {repo_id!r} looks like a Hugging Face repo id, but huggingface_hub is not "
-            'installed: pip install "pytest-mlxperf[mlx]"'
+            f"installed: {INSTALL_HINTS['mlx']}"
         ) from exc
     try:
         if filename is not None:

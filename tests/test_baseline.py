@@ -60,6 +60,8 @@ def test_round_trip_and_stable_readable_json(tmp_path: Path) -> None:
     assert text.endswith("\n") and json.loads(text)["schema"] == SCHEMA_VERSION
     store.save(NODE, "k1", "box", entry(123.456789123))
     assert path.read_text() == text  # same data, same bytes: clean git diffs
+    # nothing but the baseline file in the folder users commit: no lock, no temporary file
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
 def test_runs_with_the_same_versions_accumulate_up_to_the_limit(tmp_path: Path) -> None:

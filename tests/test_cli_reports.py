@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_upgrade import (
+from tests.test_comparison import (
     MACHINE,
     TEST_LLAMA,
     make_call_record,

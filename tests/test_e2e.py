@@ -69,7 +69,7 @@ def test_save_rerun_and_catch_edited_regressions(pytester: pytest.Pytester) -> N
     caught.stdout.fnmatch_lines(
         [
             "*mlxperf regression: test_example_perf.py::test_decode_at_depth?llamacpp?*",
-            "*peak_memory: * GB -> * GB (+*%*",
+            "*peak_memory: * MB -> * MB (+*%*",
             "*versions: llama-cpp-python * -> **",
         ]
     )

@@ -7,18 +7,15 @@ import importlib.util
 from pathlib import Path
 
 from pytest_mlxperf.backends.base import BackendError, LoadedModel, RawSample
+from pytest_mlxperf.packages import INSTALL_HINTS
 from pytest_mlxperf.sources import resolve
 
 __all__ = ["BACKENDS", "BackendError", "BackendUnavailable", "LoadedModel", "RawSample", "load"]
 
 # backend name → (module, the import that proves it is installed, install command)
 BACKENDS: dict[str, tuple[str, str, str]] = {
-    "mlx": ("pytest_mlxperf.backends.mlx", "mlx_lm", 'pip install "pytest-mlxperf[mlx]"'),
-    "llamacpp": (
-        "pytest_mlxperf.backends.llamacpp",
-        "llama_cpp",
-        'pip install "pytest-mlxperf[llamacpp]"',
-    ),
+    "mlx": ("pytest_mlxperf.backends.mlx", "mlx_lm", INSTALL_HINTS["mlx"]),
+    "llamacpp": ("pytest_mlxperf.backends.llamacpp", "llama_cpp", INSTALL_HINTS["llamacpp"]),
 }
 
 

@@ -1,4 +1,5 @@
-"""Statistics and verdicts: is a change both large (beyond tolerance) and real (significant)?
+"""Statistics and verdicts of one metric: is a change both large (beyond tolerance) and real
+(significant)?
 
 A regression is declared only when the current samples are significantly worse than the
 baseline samples *shifted by the tolerance* (one-sided Mann-Whitney U). The null hypothesis is
@@ -14,6 +15,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pytest_mlxperf.metrics import Metric
 
@@ -90,6 +92,23 @@ class MetricComparison:
             f"n={self.baseline.n}/{self.current.n})"
         )
         return text + (f" [{self.note}]" if self.note else "")
+
+    def to_json(self) -> dict[str, Any]:
+        """The comparison as it is written in a results file."""
+        return {
+            "metric": self.metric.name,
+            "verdict": self.verdict.value,
+            "baseline_median": self.baseline.median,
+            "current_median": self.current.median,
+            "change": self.change,
+            "tolerance": self.tolerance,
+            "p_value": self.p_value,
+            "alpha": self.alpha,
+            "n_baseline": self.baseline.n,
+            "n_current": self.current.n,
+            "note": self.note,
+            "noisy": self.noisy,
+        }
 
 
 def _p_value(current: Sequence[float], baseline: Sequence[float], factor: float, alt: str) -> float:

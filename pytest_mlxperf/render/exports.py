@@ -14,7 +14,7 @@ pytest-mlxperf numbers.
   prompt's duration as a whole, so it is not repeated; every median (peak memory, TTFT, load
   time) travels in ``extra_info``.
 
-Both take a results document (``report.results_document``; see ``upgrade.load_results``).
+Both take a results file as ``results.load_results`` reads it.
 Nothing here imports pytest.
 """
 
@@ -24,7 +24,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pytest_mlxperf.upgrade import ResultsFile, metric_names, samples_of
+from pytest_mlxperf.results import ResultsFile, metric_names, samples_of
 
 # The pytest-benchmark release whose JSON layout ``pytest_benchmark`` mirrors (its "version").
 PYTEST_BENCHMARK_FORMAT = "5.2.3"

@@ -1,12 +1,10 @@
-"""Reports of an upgrade comparison (``upgrade.Comparison``): a self-contained HTML page and a
-Markdown table.
+"""The cross-file comparison as a self-contained HTML page.
 
-The HTML page works offline and from a CI artifact: no script, no external stylesheet or font,
-every plot an inline SVG drawn here. Per measurement and metric, one plot shows each results
-file (labelled by its backend versions) with every raw sample as a dot and its median as a bar,
-so the spread that the significance test weighs is visible, plus the reference median and its
-tolerance band. The Markdown form fits a pull-request comment or ``$GITHUB_STEP_SUMMARY``.
-Nothing here imports pytest.
+The page works offline and from a CI artifact: no script, no external stylesheet or font, every
+plot an inline SVG drawn here. Per measurement and metric, one plot shows each results file
+(labelled by its backend versions) with every raw sample as a dot and its median as a bar, so
+the spread that the significance test weighs is visible, plus the reference median and its
+tolerance band. Nothing here imports pytest.
 """
 
 from __future__ import annotations
@@ -16,20 +14,13 @@ import statistics
 from dataclasses import dataclass
 from html import escape
 
-from pytest_mlxperf.compare import Verdict
-from pytest_mlxperf.metrics import Metric
-from pytest_mlxperf.upgrade import (
-    Comparison,
-    Row,
-    explanations,
-    format_change,
-    format_median,
-    format_p,
-    format_value,
-    summary_line,
-    versions_label,
-)
+from pytest_mlxperf.comparison import Comparison, Row
+from pytest_mlxperf.packages import versions_label
+from pytest_mlxperf.render.text import explanations, format_change, format_p, summary_line
+from pytest_mlxperf.verdicts import Verdict
 
+# statuses whose table cell is filled with their colour
+ATTENTION = {v.value for v in (Verdict.REGRESSION, Verdict.IMPROVEMENT, Verdict.INCONCLUSIVE)}
 # One colour per status, shared by table cells and plots.
 COLOURS = {
     "reference": "#333333",
@@ -42,77 +33,6 @@ COLOURS = {
     Verdict.NOT_GATED.value: "#607d8b",
     "missing": "#bdbdbd",
 }
-_MARK = {
-    Verdict.REGRESSION.value: "🔴 **regression**",
-    Verdict.IMPROVEMENT.value: "🟢 improvement",
-    Verdict.INCONCLUSIVE.value: "🟡 inconclusive",
-    Verdict.NOT_COMPARABLE.value: "⚪ not comparable",
-}
-
-
-# --------------------------------------------------------------------------- Markdown
-
-
-def _md(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def markdown(comparison: Comparison) -> str:
-    """The comparison as GitHub-flavoured Markdown: the files and their versions, the verdict
-    counts, the side-by-side table, then regressions and not-comparable measurements."""
-    files = [
-        f"- **#{n}**{' (reference)' if n - 1 == comparison.reference_index else ''}: "
-        f"`{f.path}`: {_md(f.label)}"
-        for n, f in enumerate(comparison.files, 1)
-    ]
-    ref_no = comparison.reference_index + 1
-    header = ["measurement", "metric", f"#{ref_no} (ref)"]
-    for n, _ in comparison.others:
-        header += [f"#{n}", "change", "p", "verdict"]
-    lines = [
-        "## mlxperf upgrade comparison",
-        "",
-        *files,
-        "",
-        f"{len(comparison.regressions)} regression(s); {summary_line(comparison)}",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|",
-    ]
-    for row in comparison.rows:
-        cells = [f"`{_md(row.label)}`", row.metric.name]
-        cells.append(format_median(row.metric, row.reference_samples))
-        for cell in row.cells:
-            cells += [
-                format_median(row.metric, cell.samples(row.metric.name)),
-                format_change(cell),
-                format_p(cell.comparison.p_value) if cell.comparison else "",
-                _MARK.get(cell.status, cell.status_text),
-            ]
-        lines.append("| " + " | ".join(cells) + " |")
-    notes = explanations(comparison)
-    if notes:
-        lines += ["", *(f"- {_md(note)}" for note in notes)]
-    return "\n".join(lines) + "\n"
-
-
-# --------------------------------------------------------------------------- plots
-
-
-@dataclass(frozen=True)
-class _Scale:
-    """Display unit of a plot's y axis: values are multiplied by ``factor``."""
-
-    factor: float
-    unit: str
-
-
-def _scale(metric: Metric, largest: float) -> _Scale:
-    if metric.unit == "bytes":
-        return _Scale(1e-9, "GB") if largest >= 1e9 else _Scale(1e-6, "MB")
-    if metric.unit == "s":
-        return _Scale(1.0, "s") if largest >= 1 else _Scale(1e3, "ms")
-    return _Scale(1.0, metric.unit)
 
 
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -192,26 +112,26 @@ def svg_plot(comparison: Comparison, row: Row) -> str:
     )
     ref = statistics.median(row.reference_samples) if row.reference_samples else None
     band = (ref * (1 - tolerance), ref * (1 + tolerance)) if ref is not None else None
-    scale = _scale(metric, max(values))
+    factor, unit = metric.display_unit(max(values))
     span_values = values + (list(band) if band and metric.gated else [])
     low, high = min(span_values), max(span_values)
     pad = (high - low) * 0.08 or abs(high) * 0.05 or 1.0
-    ticks = nice_ticks((low - pad) * scale.factor, (high + pad) * scale.factor)
-    y_low = min(ticks[0], (low - pad) * scale.factor)
-    y_high = max(ticks[-1], (high + pad) * scale.factor)
+    ticks = nice_ticks((low - pad) * factor, (high + pad) * factor)
+    y_low = min(ticks[0], (low - pad) * factor)
+    y_high = max(ticks[-1], (high + pad) * factor)
     step = ticks[1] - ticks[0] if len(ticks) > 1 else abs(y_high - y_low) or 1.0
 
     def y_shown(shown: float) -> float:  # a value in display units -> its y coordinate
         return TOP + (H - TOP - BOTTOM) * (1 - (shown - y_low) / (y_high - y_low))
 
     def y(value: float) -> float:
-        return y_shown(value * scale.factor)
+        return y_shown(value * factor)
 
     plot_w = W - LEFT - RIGHT
     slot = plot_w / len(series)
     direction = "higher is better" if metric.higher_is_better else "lower is better"
     gated = "" if metric.gated else ", not gated"
-    title = f"{metric.name} ({scale.unit}, {direction}{gated})"
+    title = f"{metric.name} ({unit}, {direction}{gated})"
     out = [
         f'<svg class="plot" width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" '
         f'aria-label="{escape(row.label)} {metric.name}">',
@@ -233,7 +153,7 @@ def svg_plot(comparison: Comparison, row: Row) -> str:
     if ref is not None:
         out.append(
             f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{y(ref):.1f}" y2="{y(ref):.1f}" '
-            f'class="refline"><title>reference median {escape(format_value(metric, ref))}'
+            f'class="refline"><title>reference median {escape(metric.format(ref))}'
             "</title></line>"
         )
     for i, one in enumerate(series):
@@ -248,7 +168,7 @@ def svg_plot(comparison: Comparison, row: Row) -> str:
             out.append(
                 f'<circle cx="{cx + offset:.1f}" cy="{y(value):.1f}" r="3.6" fill="{fill}" '
                 f'stroke="{colour}" fill-opacity="0.55"><title>#{n}: '
-                f"{escape(format_value(metric, value))}</title></circle>"
+                f"{escape(metric.format(value))}</title></circle>"
             )
         if samples:
             med = statistics.median(samples)
@@ -256,7 +176,7 @@ def svg_plot(comparison: Comparison, row: Row) -> str:
             out.append(
                 f'<line x1="{cx - half:.1f}" x2="{cx + half:.1f}" y1="{y(med):.1f}" '
                 f'y2="{y(med):.1f}" stroke="{colour}" class="median"><title>#{n} median '
-                f"{escape(format_value(metric, med))}</title></line>"
+                f"{escape(metric.format(med))}</title></line>"
             )
         quiet = status in ("reference", Verdict.PASS.value)
         for line_y, text in ((TOP - 20, one.change), (TOP - 7, "" if quiet else status)):
@@ -311,7 +231,7 @@ svg .median { stroke-width: 3; }
 def _status_cell(status: str, text: str, title: str) -> str:
     """A verdict cell: solid colour where it asks for attention, coloured text otherwise."""
     colour = COLOURS.get(status, COLOURS["missing"])
-    loud = status in _MARK and status != Verdict.NOT_COMPARABLE.value
+    loud = status in ATTENTION
     style = f"background:{colour};color:#fff" if loud else f"color:{colour}"
     return f'<td class="status" style="{style}" title="{title}">{escape(text)}</td>'
 
@@ -361,13 +281,13 @@ def _comparison_table(comparison: Comparison) -> str:
             for samples in (row.reference_samples, *(c.samples(row.metric.name) for c in row.cells))
             if samples
         ]
-        scale = _scale(row.metric, max(medians))
+        factor, unit = row.metric.display_unit(max(medians))
 
-        def shown(samples: list[float] | None, scale: _Scale = scale) -> str:
-            return _number(statistics.median(samples) * scale.factor) if samples else "-"
+        def shown(samples: list[float] | None, factor: float = factor) -> str:
+            return _number(statistics.median(samples) * factor) if samples else "-"
 
         tds += [
-            f"<td class='l'>{row.metric.name} ({escape(scale.unit)})</td>",
+            f"<td class='l'>{row.metric.name} ({escape(unit)})</td>",
             f"<td>{shown(row.reference_samples)}</td>",
         ]
         for cell in row.cells:

@@ -13,16 +13,11 @@ from typing import Any
 
 import pytest
 
-from pytest_mlxperf.compare import Verdict
-from pytest_mlxperf.upgrade import (
-    InputError,
-    ResultsError,
-    compare_files,
-    load_results,
-    resolve_reference,
-    text_table,
-    versions_label,
-)
+from pytest_mlxperf.comparison import compare_files, resolve_reference
+from pytest_mlxperf.packages import versions_label
+from pytest_mlxperf.render.text import text_table
+from pytest_mlxperf.results import InputError, ResultsError, load_results
+from pytest_mlxperf.verdicts import Verdict
 
 MACHINE = {
     "arch": "x86_64",
