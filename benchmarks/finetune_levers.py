@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     shape = model_shape(args)
     t0 = time.perf_counter()
-    fp32 = synth.build_mlx(shape, "fp32")
-    quantized = synth.build_mlx(shape, args.quant)
+    fp32 = synth.build_mlx(shape, "fp32").path
+    quantized = synth.build_mlx(shape, args.quant).path
     print(
         f"model: {shape.param_count() / 1e6:.1f}M parameters, hidden {shape.hidden_size}, "
         f"{shape.num_hidden_layers} layers, vocab {shape.vocab_size} (built/cached in "

@@ -42,13 +42,10 @@ TOKENIZER_TEXTS = [
 
 
 def timed(build, *args, **kw) -> tuple[Path, float]:
+    """The path of the artifact ``build(*args, **kw)`` returns, and the seconds the call took."""
     start = time.perf_counter()
-    path = build(*args, **kw)
-    return path, time.perf_counter() - start
-
-
-def size_of(path: Path) -> int:
-    return synth._disk_size(path)
+    artifact = build(*args, **kw)
+    return artifact.path, time.perf_counter() - start
 
 
 def tiny_builds(cache: Path) -> None:
@@ -58,18 +55,18 @@ def tiny_builds(cache: Path) -> None:
     jobs += [("gguf", q) for q in ("F32", "F16", "Q8_0", "Q4_0", "Q4_K_M")]
     for kind, quant in jobs:
 
-        def one(kind=kind, quant=quant) -> Path:
+        def one(kind=kind, quant=quant) -> synth.Artifact:
             if kind == "hf":
                 return synth.build_hf("tiny", cache_dir=cache)
-            return synth.build(
-                "mlx" if kind == "mlx" else "llamacpp", "tiny", quant, cache_dir=cache
-            )
+            if kind == "mlx":
+                return synth.build_mlx("tiny", quant, cache_dir=cache)
+            return synth.build_gguf("tiny", quant, cache_dir=cache)
 
         path, cold = timed(one)
         _, hit = timed(one)
         print(
             f"{kind + ' ' + (quant or ''):<14} {cold:8.2f} {hit:8.3f} "
-            f"{synth._human(size_of(path)):>10}"
+            f"{synth.human_size(synth.disk_size(path)):>10}"
         )
 
 
@@ -80,8 +77,8 @@ def logits_agreement(cache: Path) -> None:
 
     print("\n== logits: MLX fp32 vs llama.cpp F32, 300 random prompt tokens, all positions")
     for label, shape in (("llama tiny", "tiny"), ("qwen2 tiny", "tiny-qwen2")):
-        model, _ = load(str(synth.build_mlx(shape, "fp32", cache_dir=cache)))
-        gguf = synth.build_gguf(shape, "F32", cache_dir=cache)
+        model, _ = load(str(synth.build_mlx(shape, "fp32", cache_dir=cache).path))
+        gguf = synth.build_gguf(shape, "F32", cache_dir=cache).path
         llm = Llama(model_path=str(gguf), n_ctx=512, logits_all=True, verbose=False)
         vocab = model.args.vocab_size
         prompt = [int(t) for t in np.random.default_rng(0).integers(0, vocab, 300)]
@@ -117,13 +114,13 @@ def tokenizer_agreement(cache: Path) -> None:
     ]
     fuzz = ["".join(rng.choice(alphabet, size=int(rng.integers(1, 40)))) for _ in range(2000)]
     for label, shape in (("llama tiny", "tiny"), ("qwen2 tiny", "tiny-qwen2")):
-        _, tokenizer = load(str(synth.build_mlx(shape, "fp32", cache_dir=cache)))
+        _, tokenizer = load(str(synth.build_mlx(shape, "fp32", cache_dir=cache).path))
         llm = Llama(
-            model_path=str(synth.build_gguf(shape, "F32", cache_dir=cache)),
+            model_path=str(synth.build_gguf(shape, "F32", cache_dir=cache).path),
             vocab_only=True,
             verbose=False,
         )
-        texts = TOKENIZER_TEXTS + fuzz + [next(synth._training_corpus(50_000))]
+        texts = TOKENIZER_TEXTS + fuzz + [next(synth.training_corpus(50_000))]
         same = sum(
             tokenizer.encode(t, add_special_tokens=False)
             == llm.tokenize(t.encode(), add_bos=False, special=False)
@@ -154,7 +151,7 @@ def real_shape(preset: str, cache: Path) -> None:
         f"params: {versus(counted, 'params', lambda v: f'{v / 1e9:.4f}B')} "
         f"(ModelShape.param_count {shape.param_count():,})"
     )
-    print(f"{'hf fp32':<12} {seconds:7.1f}s  weights {synth._human(size_of(hf))}")
+    print(f"{'hf fp32':<12} {seconds:7.1f}s  weights {synth.human_size(synth.disk_size(hf))}")
     for label, build, kw, note in (
         ("mlx 4bit", synth.build_mlx, {"dtype": "bfloat16"}, "16-bit scales like mlx-community"),
         ("mlx 4bit f32", synth.build_mlx, {}, "the default: scales and norms in float32"),
@@ -162,8 +159,8 @@ def real_shape(preset: str, cache: Path) -> None:
     ):
         path, seconds = timed(build, preset, cache_dir=cache, **kw)
         folder = path.parent if path.is_file() else path
-        weights = sum(size_of(folder / name) for name in synth.read_spec(path)["weights"])
-        size = versus(weights, label.removesuffix(" f32"), synth._human)
+        weights = sum(synth.disk_size(folder / name) for name in synth.read_spec(path)["weights"])
+        size = versus(weights, label.removesuffix(" f32"), synth.human_size)
         print(f"{label:<12} {seconds:7.1f}s  weights {size}  {note}".rstrip())
         if kw.get("dtype") != "bfloat16":  # 16-bit MLX on CPU: ~50 s per token at this size
             print(f"{'':<12} {smoke(path)}")

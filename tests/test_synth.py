@@ -110,8 +110,9 @@ def test_invalid_shapes_are_refused(kwargs: dict, message: str) -> None:
 
 
 def test_explicit_shape_equal_to_a_preset_shares_its_cache_entry(cache: Path) -> None:
-    assert synth.build_hf(synth.ModelShape(), cache_dir=cache) == synth.build_hf(
-        "tiny", cache_dir=cache
+    assert (
+        synth.build_hf(synth.ModelShape(), cache_dir=cache).path
+        == synth.build_hf("tiny", cache_dir=cache).path
     )
 
 
@@ -181,7 +182,7 @@ def test_mlx_model_loads_and_generates(cache: Path, mlx_lm, quant: str) -> None:
     import mlx.core as mx
     from mlx_lm.generate import generate_step
 
-    model, tokenizer = mlx_lm.load(str(synth.build_mlx("tiny", quant, cache_dir=cache)))
+    model, tokenizer = mlx_lm.load(str(synth.build_mlx("tiny", quant, cache_dir=cache).path))
     prompt = mx.array(tokenizer.encode("Once upon a time"))
     tokens = [int(t) for (t, _), _ in zip(generate_step(prompt, model), range(8), strict=False)]
     assert len(tokens) == 8 and all(0 <= t < 1024 for t in tokens)
@@ -201,8 +202,8 @@ def test_quantized_mlx_keeps_float32_unless_asked(cache: Path, mlx_lm) -> None:
         weights = mx.load(str(path / "model.safetensors"))
         return weights["model.layers.0.mlp.up_proj.scales"].dtype
 
-    f32 = synth.build_mlx("tiny", "4bit", cache_dir=cache)
-    bf16 = synth.build_mlx("tiny", "4bit", dtype="bfloat16", cache_dir=cache)
+    f32 = synth.build_mlx("tiny", "4bit", cache_dir=cache).path
+    bf16 = synth.build_mlx("tiny", "4bit", dtype="bfloat16", cache_dir=cache).path
     assert f32 != bf16
     assert scales_dtype(f32) == mx.float32 and scales_dtype(bf16) == mx.bfloat16
     spec = synth.read_spec(f32)["spec"]
@@ -213,7 +214,7 @@ def test_quantized_mlx_keeps_float32_unless_asked(cache: Path, mlx_lm) -> None:
 
 @pytest.mark.parametrize("quant", GGUF_QUANTS)
 def test_gguf_loads_and_generates(cache: Path, llama_cpp, quant: str) -> None:
-    path = synth.build_gguf("tiny", quant, cache_dir=cache)
+    path = synth.build_gguf("tiny", quant, cache_dir=cache).path
     assert path.suffix == ".gguf" and path.name == f"tiny-{quant}.gguf"
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, verbose=False)
     assert llm.n_vocab() == 1024
@@ -226,16 +227,16 @@ def test_gguf_loads_and_generates(cache: Path, llama_cpp, quant: str) -> None:
 def test_gguf_quant_names_are_case_insensitive_and_accept_llama_ftype(
     cache: Path, llama_cpp
 ) -> None:
-    q4 = synth.build_gguf("tiny", "Q4_K_M", cache_dir=cache)
-    assert synth.build_gguf("tiny", "q4_k_m", cache_dir=cache) == q4
-    assert synth.build_gguf("tiny", "LLAMA_FTYPE_MOSTLY_Q4_K_M", cache_dir=cache) == q4
-    q5 = synth.build_gguf("tiny", "LLAMA_FTYPE_MOSTLY_Q5_K_S", cache_dir=cache)
+    q4 = synth.build_gguf("tiny", "Q4_K_M", cache_dir=cache).path
+    assert synth.build_gguf("tiny", "q4_k_m", cache_dir=cache).path == q4
+    assert synth.build_gguf("tiny", "LLAMA_FTYPE_MOSTLY_Q4_K_M", cache_dir=cache).path == q4
+    q5 = synth.build_gguf("tiny", "LLAMA_FTYPE_MOSTLY_Q5_K_S", cache_dir=cache).path
     assert q5.name == "tiny-Q5_K_S.gguf" and q5.stat().st_size < q4.stat().st_size * 1.3
 
 
 def test_k_quant_fallback_when_allowed(tmp_path: Path, llama_cpp) -> None:
     shape = synth.ModelShape(hidden_size=384, num_attention_heads=4, num_hidden_layers=1)
-    path = synth.build_gguf(shape, "Q4_K_M", cache_dir=tmp_path, allow_fallback=True)
+    path = synth.build_gguf(shape, "Q4_K_M", cache_dir=tmp_path, allow_fallback=True).path
     assert synth.read_spec(path)["spec"]["allow_fallback"] is True
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, verbose=False)
     assert len(list(itertools.islice(llm.generate(llm.tokenize(b"hi"), temp=0.0), 2))) == 2
@@ -245,9 +246,9 @@ def test_k_quant_fallback_when_allowed(tmp_path: Path, llama_cpp) -> None:
 def test_mlx_and_llama_cpp_logits_agree(cache: Path, mlx_lm, llama_cpp, shape) -> None:
     import mlx.core as mx
 
-    model, _ = mlx_lm.load(str(synth.build_mlx(shape, "fp32", cache_dir=cache)))
+    model, _ = mlx_lm.load(str(synth.build_mlx(shape, "fp32", cache_dir=cache).path))
     llm = llama_cpp.Llama(
-        model_path=str(synth.build_gguf(shape, "F32", cache_dir=cache)),
+        model_path=str(synth.build_gguf(shape, "F32", cache_dir=cache).path),
         n_ctx=512,
         logits_all=True,
         verbose=False,
@@ -270,9 +271,9 @@ def test_mlx_and_llama_cpp_logits_agree(cache: Path, mlx_lm, llama_cpp, shape) -
 
 @pytest.mark.parametrize("shape", ["tiny", "tiny-qwen2"], ids=["llama", "qwen2"])
 def test_tokenizers_agree(cache: Path, mlx_lm, llama_cpp, shape) -> None:
-    _, tokenizer = mlx_lm.load(str(synth.build_mlx(shape, "fp32", cache_dir=cache)))
+    _, tokenizer = mlx_lm.load(str(synth.build_mlx(shape, "fp32", cache_dir=cache).path))
     llm = llama_cpp.Llama(
-        model_path=str(synth.build_gguf(shape, "F32", cache_dir=cache)),
+        model_path=str(synth.build_gguf(shape, "F32", cache_dir=cache).path),
         vocab_only=True,
         verbose=False,
     )
@@ -295,9 +296,9 @@ def test_same_spec_same_bytes_other_seed_other_bytes(
     cache: Path, tmp_path: Path, llama_cpp, mlx_lm
 ) -> None:
     for build in (
-        lambda **kw: synth.build_hf("tiny", **kw),
-        lambda **kw: synth.build_mlx("tiny", "4bit", **kw),
-        lambda **kw: synth.build_gguf("tiny", "Q4_K_M", **kw),
+        lambda **kw: synth.build_hf("tiny", **kw).path,
+        lambda **kw: synth.build_mlx("tiny", "4bit", **kw).path,
+        lambda **kw: synth.build_gguf("tiny", "Q4_K_M", **kw).path,
     ):
         first, again = build(cache_dir=cache), build(cache_dir=tmp_path / "again")
         assert first != again
@@ -308,17 +309,18 @@ def test_same_spec_same_bytes_other_seed_other_bytes(
 
 
 def test_second_call_is_a_cache_hit(cache: Path) -> None:
-    path, _ = synth._build_gguf("tiny", "F16", 0, cache, False)
+    path, _ = synth.build_gguf("tiny", "F16", cache_dir=cache)
     stamp = (path.parent / "spec.json").stat().st_mtime_ns
-    again, built_again = synth._build_gguf("tiny", "F16", 0, cache, False)
-    assert (again, built_again) == (path, False)
+    again = synth.build_gguf("tiny", "F16", cache_dir=cache)
+    assert (again.path, again.built) == (path, False)
+    assert synth.build("llamacpp", "tiny", "F16", cache_dir=cache) == path
     assert (path.parent / "spec.json").stat().st_mtime_ns == stamp
 
 
 def test_cache_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(synth.CACHE_ENV, str(tmp_path / "env-cache"))
     assert synth.default_cache_dir() == tmp_path / "env-cache"
-    assert synth.build_hf("tiny").parent == tmp_path / "env-cache"
+    assert synth.build_hf("tiny").path.parent == tmp_path / "env-cache"
     monkeypatch.delenv(synth.CACHE_ENV)
     assert synth.default_cache_dir().name == "pytest-mlxperf"
 
@@ -330,7 +332,7 @@ def test_concurrent_processes_build_one_complete_model(tmp_path: Path, llama_cpp
         from pathlib import Path
         from pytest_mlxperf import synth
         time.sleep(max(0.0, {start_at} - time.time()))
-        path, built = synth._build_gguf("tiny", "Q4_0", 5, Path({str(tmp_path)!r}), False)
+        path, built = synth.build_gguf("tiny", "Q4_0", seed=5, cache_dir=Path({str(tmp_path)!r}))
         print(json.dumps([str(path), built]))
     """)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -350,15 +352,15 @@ def test_concurrent_processes_build_one_complete_model(tmp_path: Path, llama_cpp
 
 
 def test_debris_of_a_killed_build_is_ignored_and_cleaned(cache: Path, tmp_path: Path) -> None:
-    name = synth.build_hf("tiny", seed=3, cache_dir=cache).name
+    name = synth.build_hf("tiny", seed=3, cache_dir=cache).path.name
     fresh = tmp_path / "fresh"
     (fresh / f"{name}.tmp-deadbeef").mkdir(parents=True)
     (fresh / f"{name}.tmp-deadbeef" / "model.safetensors").write_bytes(b"half")
     (fresh / name).mkdir()  # a folder without spec.json is not a model
     (fresh / name / "model.safetensors").write_bytes(b"junk")
     (fresh / f"{name}.lock").touch()
-    path = synth.build_hf("tiny", seed=3, cache_dir=fresh)
-    assert path == fresh / name
+    path, built = synth.build_hf("tiny", seed=3, cache_dir=fresh)
+    assert (path, built) == (fresh / name, True)
     assert synth.read_spec(path)["weights_sha256"] == sha(weight_files(path))
     assert not list(fresh.glob("*.tmp-*"))
 
