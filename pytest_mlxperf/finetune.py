@@ -30,6 +30,8 @@ which includes compiling the step, to the end of the last iteration):
   adapters, optimizer state, activations and gradients, plus whatever else the process holds
   (``FinetuneSample.active_memory``, e.g. another loaded model), as for inference.
 
+The workload, ``FinetuneWorkload``, is defined beside ``Workload`` in
+``pytest_mlxperf.workload`` (the backend interface names it) and can be imported from here too.
 mlx and mlx_lm are imported inside the functions: importing this module stays cheap.
 """
 
@@ -37,21 +39,21 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import io
 import itertools
 import json
 import random
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_mlxperf.backends.base import BackendError
-from pytest_mlxperf.backends.mlx import _memory_api
-from pytest_mlxperf.measure import Measurement, MeasurementError
+from pytest_mlxperf import mlx_memory
+from pytest_mlxperf.backends.base import BackendError, Measurement
+from pytest_mlxperf.measure import MeasurementError, Repetitions
 from pytest_mlxperf.metrics import METRICS, Metric
+from pytest_mlxperf.workload import FinetuneWorkload
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -78,70 +80,6 @@ FALLBACK_CHAT_TEMPLATE = (
 FINETUNE_METRICS: tuple[Metric, ...] = tuple(
     METRICS[name] for name in ("iterations_per_s", "trained_tps", "peak_memory")
 )
-
-
-def _train_file(dataset: str | Path) -> Path:
-    """The jsonl file a dataset path means: the file itself, or ``train.jsonl`` in a folder."""
-    path = Path(dataset)
-    return path / "train.jsonl" if path.is_dir() else path
-
-
-@dataclass(frozen=True)
-class FinetuneWorkload:
-    """What one fine-tuning repetition does; mirrors ``Workload`` (``identity()``, ``label``)
-    so the session treats both alike.
-
-    ``dataset`` is a jsonl file or a folder with ``train.jsonl`` in one of mlx-lm's formats
-    (chat, completions, text); its content hash, not its path, is part of the identity.
-    ``num_layers`` counts LoRA blocks from the top (all of them when the model has fewer;
-    -1 = all). ``warmup_iterations`` run before the timed ``iterations`` in every repetition:
-    the first compiles the training step, and a callback cannot see when it starts.
-    """
-
-    dataset: str
-    iterations: int = 10
-    batch_size: int = 4
-    num_layers: int = 16
-    grad_checkpoint: bool = False
-    max_seq_length: int = 512
-    lora_rank: int = 8
-    learning_rate: float = 1e-5
-    seed: int = 0
-    warmup_iterations: int = 2
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "dataset", str(self.dataset))
-        problems = []
-        for name in ("iterations", "batch_size", "lora_rank", "warmup_iterations"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
-        if self.num_layers < 1 and self.num_layers != -1:
-            problems.append(f"num_layers must be >= 1 or -1 for all (got {self.num_layers})")
-        if self.max_seq_length < 2:
-            problems.append(f"max_seq_length must be >= 2 (got {self.max_seq_length})")
-        if self.learning_rate <= 0:
-            problems.append(f"learning_rate must be > 0 (got {self.learning_rate})")
-        if not _train_file(self.dataset).is_file():
-            problems.append(
-                f"dataset {self.dataset!r} is neither a jsonl file nor a folder with train.jsonl"
-            )
-        if problems:
-            raise ValueError("invalid fine-tuning workload: " + "; ".join(problems))
-
-    @property
-    def label(self) -> str:
-        """A short label like ``lora-b4-l16-s512`` (``lall`` for all layers, ``+gc`` with
-        gradient checkpointing)."""
-        layers = "all" if self.num_layers == -1 else str(self.num_layers)
-        label = f"lora-b{self.batch_size}-l{layers}-s{self.max_seq_length}"
-        return label + ("+gc" if self.grad_checkpoint else "")
-
-    def identity(self) -> dict[str, Any]:
-        """The fields that must match for two results to be comparable (the dataset by the
-        sha256 of the training file's content, not its path)."""
-        ident = asdict(self)
-        ident["dataset"] = hashlib.sha256(_train_file(self.dataset).read_bytes()).hexdigest()
-        return ident
 
 
 @dataclass
@@ -272,7 +210,7 @@ def load_dataset(tokenizer: TokenizerWrapper, workload: FinetuneWorkload) -> Any
 
     if not tokenizer.has_chat_template:
         tokenizer = _ChatTemplateFallback(tokenizer)
-    file = _train_file(workload.dataset)
+    file = workload.train_file
     with file.open(encoding="utf-8") as fh:
         records = [json.loads(line) for line in fh if line.strip()]
     if len(records) < workload.batch_size:
@@ -377,10 +315,6 @@ def run_finetune(
             shapes.append((batch.shape[0], batch.shape[1]))
             yield batch, lengths
 
-    reset_peak, get_peak = _memory_api(mx)
-    get_active = (
-        mx.get_active_memory if hasattr(mx, "get_active_memory") else mx.metal.get_active_memory
-    )
     with _restored(model), tempfile.TemporaryDirectory(prefix="mlxperf-lora-") as tmp:
         args = trainer.TrainingArgs(
             batch_size=workload.batch_size,
@@ -393,8 +327,8 @@ def run_finetune(
             grad_checkpoint=workload.grad_checkpoint,
         )
         mx.random.seed(workload.seed)
-        active = int(get_active())
-        reset_peak()
+        active = mlx_memory.active(mx)
+        mlx_memory.reset_peak(mx)
         t_start = time.perf_counter()
         model.freeze()
         linear_to_lora_layers(
@@ -414,7 +348,7 @@ def run_finetune(
                 training_callback=recorder,
             )
         t_end = time.perf_counter()
-        peak = int(get_peak())
+        peak = mlx_memory.peak(mx)
     if len(recorder.stamps) != total or len(shapes) != total:
         raise MeasurementError(
             f"mlx-lm's trainer reported {len(recorder.stamps)} iterations on {len(shapes)} "
@@ -470,14 +404,9 @@ def measure_finetune(
     """``warmup`` untimed repetitions, then ``repetitions`` timed ones, each a fresh LoRA run
     (``run_finetune``), as the project's ``Measurement`` (backend "mlx"; ``identity`` is the
     model's, e.g. ``MLXModel.identity``, else a small one made from the model)."""
-    if repetitions < 1:
-        raise ValueError(f"repetitions must be >= 1 (got {repetitions})")
-    if warmup < 0:
-        raise ValueError(f"warmup must be >= 0 (got {warmup})")
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        run_finetune(model, tokenizer, workload)
-    raws = [run_finetune(model, tokenizer, workload) for _ in range(repetitions)]
+    raws, wall_time = Repetitions(warmup, repetitions).run(
+        lambda: run_finetune(model, tokenizer, workload)
+    )
     per_rep = [derive_finetune_metrics(raw) for raw in raws]
     return Measurement(
         backend="mlx",
@@ -486,5 +415,5 @@ def measure_finetune(
         samples={name: [rep[name] for rep in per_rep] for name in per_rep[0]},
         raw=raws,
         warmup=warmup,
-        wall_time=time.perf_counter() - t0,
+        wall_time=wall_time,
     )

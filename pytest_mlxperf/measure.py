@@ -16,31 +16,50 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pytest_mlxperf.backends.base import LoadedModel, RawSample
-from pytest_mlxperf.workload import Workload, WorkloadLike
+from pytest_mlxperf.backends.base import LoadedModel, Measurement, RawSample
+from pytest_mlxperf.workload import Workload
+
+T = TypeVar("T")
 
 
 class MeasurementError(RuntimeError):
     """The measurement did not do the work it was asked to do."""
 
 
-@dataclass
-class Measurement:
-    """Everything one ``measure`` call produced: identity, per-repetition metric samples, and
-    the raw timestamps they were derived from."""
+@dataclass(frozen=True)
+class Repetitions:
+    """The repetition protocol every measurement shares: ``warmup`` untimed runs, then
+    ``repetitions`` timed ones with ``cooldown`` seconds of rest between them. Checked when
+    made, so bad settings are refused before anything runs."""
 
-    backend: str
-    model: dict[str, Any]
-    workload: WorkloadLike
-    samples: dict[str, list[float]]
-    raw: list[Any] = field(repr=False)
-    warmup: int = 0
-    wall_time: float = 0.0
-    fingerprint: str | None = None
+    warmup: int = 1
+    repetitions: int = 5
+    cooldown: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.repetitions < 1:
+            raise ValueError(f"repetitions must be >= 1 (got {self.repetitions})")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0 (got {self.warmup})")
+        if self.cooldown < 0:
+            raise ValueError(f"cooldown must be >= 0 (got {self.cooldown})")
+
+    def run(self, once: Callable[[], T]) -> tuple[list[T], float]:
+        """What the timed calls of ``once`` returned, and the wall time of all calls (warm-up
+        and cooldown included)."""
+        t0 = time.perf_counter()
+        for _ in range(self.warmup):
+            once()
+        results = []
+        for i in range(self.repetitions):
+            if self.cooldown and i:
+                time.sleep(self.cooldown)
+            results.append(once())
+        return results, time.perf_counter() - t0
 
 
 def derive_metrics(raw: RawSample, prompt_tokens: int) -> dict[str, float]:
@@ -90,19 +109,11 @@ def measure(
 ) -> Measurement:
     """Run ``warmup`` untimed repetitions of the same shape, then ``repetitions`` timed ones
     (each on a fresh KV cache), and derive the metric samples."""
-    if repetitions < 1:
-        raise ValueError(f"repetitions must be >= 1 (got {repetitions})")
-    if warmup < 0:
-        raise ValueError(f"warmup must be >= 0 (got {warmup})")
+    protocol = Repetitions(warmup, repetitions, cooldown)
     model.check_workload(workload)
     context, prompt = make_prompt(model, workload)
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        model.run(prompt, context, workload)
-    raws: list[RawSample] = []
-    for i in range(repetitions):
-        if cooldown and i:
-            time.sleep(cooldown)
+
+    def once() -> RawSample:
         raw = model.run(prompt, context, workload)
         if raw.generated != workload.generation_tokens:
             raise MeasurementError(
@@ -110,7 +121,9 @@ def measure(
                 f"{workload.generation_tokens} were requested: a speed figure from a different "
                 "amount of work would be false"
             )
-        raws.append(raw)
+        return raw
+
+    raws, wall_time = protocol.run(once)
     per_rep = [derive_metrics(raw, len(prompt)) for raw in raws]
     samples = {name: [rep[name] for rep in per_rep] for name in per_rep[0]}
     return Measurement(
@@ -121,7 +134,7 @@ def measure(
         samples=samples,
         raw=raws,
         warmup=warmup,
-        wall_time=time.perf_counter() - t0,
+        wall_time=wall_time,
     )
 
 
@@ -152,16 +165,13 @@ def time_callable(
 ) -> Measurement:
     """Call ``fn`` ``warmup`` times untimed, then ``repetitions`` times timed: the ``duration``
     metric, end to end, as pytest-benchmark's fixture times a callable."""
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        fn(*args, **kwargs)
-    durations = []
-    for i in range(repetitions):
-        if cooldown and i:
-            time.sleep(cooldown)
+
+    def once() -> float:
         start = time.perf_counter()
         fn(*args, **kwargs)
-        durations.append(time.perf_counter() - start)
+        return time.perf_counter() - start
+
+    durations, wall_time = Repetitions(warmup, repetitions, cooldown).run(once)
     return Measurement(
         backend="callable",
         model={"name": name},
@@ -169,5 +179,5 @@ def time_callable(
         samples={"duration": durations},
         raw=[],
         warmup=warmup,
-        wall_time=time.perf_counter() - t0,
+        wall_time=wall_time,
     )

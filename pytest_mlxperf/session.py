@@ -5,170 +5,20 @@ The pytest plugin keeps one ``PerfSession`` in ``config.stash``; nothing here im
 
 from __future__ import annotations
 
-import dataclasses
-import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from pytest_mlxperf import backends, machine, memory
-from pytest_mlxperf.baseline import BaselineStore, pooled_samples
-from pytest_mlxperf.compare import MetricComparison, Verdict, compare_metric, overall
+from pytest_mlxperf.baseline import BaselineStore, new_entry
 from pytest_mlxperf.config import Settings
+from pytest_mlxperf.judge import judge
 from pytest_mlxperf.measure import Measurement, measure, time_callable
-from pytest_mlxperf.metrics import METRICS
+from pytest_mlxperf.results import PerfResult
+from pytest_mlxperf.verdicts import Verdict
 from pytest_mlxperf.worker import WorkerModel
 from pytest_mlxperf.workload import Workload
-
-# the packages whose versions a comparison of each backend shows
-BACKEND_PACKAGES = {
-    "mlx": ("mlx", "mlx-metal", "mlx-cpu", "mlx-lm"),
-    "llamacpp": ("llama-cpp-python",),
-}
-
-
-def _diff(recorded: dict[str, Any], current: dict[str, Any], prefix: str) -> list[str]:
-    keys = sorted(set(recorded) | set(current))
-    return [
-        f"{prefix}{k}: {recorded.get(k)!r} -> {current.get(k)!r}"
-        for k in keys
-        if recorded.get(k) != current.get(k)
-    ]
-
-
-def versions_line(backend: str, before: dict[str, str], after: dict[str, str]) -> str:
-    """``mlx 0.20.0 -> 0.21.1, mlx-lm 0.20.1 -> 0.20.1``: the backend's packages on both sides."""
-    parts = [
-        f"{name} {before.get(name, '?')} -> {after.get(name, '?')}"
-        for name in BACKEND_PACKAGES.get(backend, ())
-        if name in before or name in after
-    ]
-    return ", ".join(parts) or "unknown"
-
-
-@dataclass
-class PerfResult:
-    """One measurement of one test, judged against its baseline.
-
-    Metric attributes (``prompt_tps``, ``generation_tps``, ``ttft``, ``peak_memory``) are the
-    medians of the repetitions; ``samples`` has every repetition's value.
-    """
-
-    nodeid: str
-    key: str
-    measurement: Measurement
-    load_time: float | None
-    verdict: Verdict
-    comparisons: list[MetricComparison]
-    baseline_path: Path
-    provenance: dict[str, Any]
-    baseline_provenance: dict[str, Any] | None = None
-    notes: list[str] = field(default_factory=list)
-    saved: bool = False
-
-    @property
-    def samples(self) -> dict[str, list[float]]:
-        return self.measurement.samples
-
-    @property
-    def all_samples(self) -> dict[str, list[float]]:
-        """The repetitions' samples plus the model's load time (one sample), where there is one."""
-        extra = {} if self.load_time is None else {"load_time": [self.load_time]}
-        return {**self.measurement.samples, **extra}
-
-    def median(self, metric_name: str) -> float:
-        return statistics.median(self.all_samples[metric_name])
-
-    @property
-    def prompt_tps(self) -> float:
-        return self.median("prompt_tps")
-
-    @property
-    def generation_tps(self) -> float:
-        return self.median("generation_tps")
-
-    @property
-    def ttft(self) -> float:
-        return self.median("ttft")
-
-    @property
-    def peak_memory(self) -> float:
-        return self.median("peak_memory")
-
-    @property
-    def regressions(self) -> list[MetricComparison]:
-        return [c for c in self.comparisons if c.verdict is Verdict.REGRESSION]
-
-    def report(self) -> str:
-        """The full text of the verdict: what a failing test shows."""
-        m = self.measurement
-        head = (
-            f"mlxperf {self.verdict.value}: {self.nodeid} "
-            f"[{m.backend} {m.model['name']} {m.workload.label}]"
-        )
-        lines = [head]
-        lines += [
-            "  " + c.describe() for c in self.comparisons if c.verdict is not Verdict.NOT_GATED
-        ]
-        lines += ["  " + n for n in self.notes]
-        lines.append(f"  baseline file: {self.baseline_path}")
-        if self.baseline_provenance is not None:
-            before = self.baseline_provenance
-            lines.append(
-                f"  baseline recorded {before.get('date', '?')} at commit "
-                f"{(before.get('git_commit') or '?')[:12]}"
-            )
-            lines.append(
-                "  versions: "
-                + versions_line(
-                    m.backend, before.get("packages", {}), self.provenance.get("packages", {})
-                )
-            )
-        return "\n".join(lines)
-
-    def to_json(self) -> dict[str, Any]:
-        m = self.measurement
-        return {
-            "test": self.nodeid,
-            "key": self.key,
-            "backend": m.backend,
-            "model": m.model,
-            "workload": m.workload.identity(),
-            "workload_label": m.workload.label,
-            "warmup": m.warmup,
-            "output_fingerprint": m.fingerprint,
-            "wall_time": m.wall_time,
-            "load_time": self.load_time,
-            "samples": m.samples,
-            "medians": {name: self.median(name) for name in self.all_samples},
-            "raw": [dataclasses.asdict(r) for r in m.raw],
-            "verdict": self.verdict.value,
-            "comparisons": [
-                {
-                    "metric": c.metric.name,
-                    "verdict": c.verdict.value,
-                    "baseline_median": c.baseline.median,
-                    "current_median": c.current.median,
-                    "change": c.change,
-                    "tolerance": c.tolerance,
-                    "p_value": c.p_value,
-                    "alpha": c.alpha,
-                    "n_baseline": c.baseline.n,
-                    "n_current": c.current.n,
-                    "note": c.note,
-                    "noisy": c.noisy,
-                }
-                for c in self.comparisons
-            ],
-            "notes": self.notes,
-            "message": self.report(),
-            "baseline_file": str(self.baseline_path),
-            "baseline_provenance": self.baseline_provenance,
-            "provenance": self.provenance,
-            "saved": self.saved,
-        }
 
 
 def _model_key(model: backends.LoadedModel, workload: Any, name: str | None) -> str:
@@ -269,9 +119,8 @@ class PerfSession:
         settings: Settings,
         name: str | None = None,
     ) -> PerfResult:
-        """Measure LoRA fine-tuning of an MLX model and gate it (see ``gate``)."""
-        if not hasattr(model, "finetune") or model.backend != "mlx":
-            raise ValueError(f"fine-tuning is measured with MLX only, not {model.backend!r}")
+        """Measure LoRA fine-tuning of an MLX model and gate it (see ``gate``); a backend
+        without the capability refuses (``LoadedModel.finetune``)."""
         return self.gate(
             nodeid,
             _model_key(model, workload, name),
@@ -344,10 +193,7 @@ class PerfSession:
                     "treated as noise: " + "; ".join(c.describe() for c in first.regressions)
                 )
         if settings.save_baselines:
-            self.store.save(
-                nodeid, key, self.machine_id, self.entry(result), settings.baseline_runs
-            )
-            result.saved = True
+            self.save(result, settings.baseline_runs)
         self.results.append(result)
         return result
 
@@ -364,24 +210,6 @@ class PerfSession:
             cooldown=settings.cooldown,
         )
 
-    def entry(self, result: PerfResult) -> dict[str, Any]:
-        m = result.measurement
-        return {
-            "machine": self.fingerprint,
-            "test": result.nodeid,
-            "name": result.key,
-            "backend": m.backend,
-            "model": m.model,
-            "workload": m.workload.identity(),
-            "runs": [
-                {
-                    "samples": result.all_samples,
-                    "provenance": self.provenance,
-                    "output_fingerprint": m.fingerprint,
-                }
-            ],
-        }
-
     def judge(
         self,
         nodeid: str,
@@ -390,7 +218,7 @@ class PerfSession:
         load_time: float | None,
         settings: Settings,
     ) -> PerfResult:
-        """Compare a measurement with its stored baseline (identity first, then statistics)."""
+        """Judge a measurement against its stored baseline (see ``judge.judge``)."""
         entry, others = self.store.find(nodeid, key, self.machine_id)
         result = PerfResult(
             nodeid=nodeid,
@@ -402,43 +230,21 @@ class PerfSession:
             baseline_path=self.store.path_for(nodeid),
             provenance=self.provenance,
         )
-        if entry is None:
-            if others:
-                result.verdict = Verdict.NOT_COMPARABLE
-                result.notes.append(
-                    "baseline recorded on other machine(s) only; "
-                    + "; ".join(_diff(others[0]["machine"], self.fingerprint, "machine."))
-                    + " (name equivalent machines with --mlxperf-machine)"
-                )
-            else:
-                result.notes.append("no baseline yet: record one with --mlxperf-save-baselines")
-            return result
-        result.baseline_provenance = entry["runs"][-1]["provenance"]
-        before = entry["runs"][-1].get("output_fingerprint")
-        if before and measurement.fingerprint and before != measurement.fingerprint:
-            result.notes.append(
-                f"output changed: the greedy tokens differ from the baseline's ({before} -> "
-                f"{measurement.fingerprint}): a change of behaviour, not only of speed"
-            )
-        baseline = pooled_samples(entry)
-        differences = _diff(entry["model"], measurement.model, "model.") + _diff(
-            entry["workload"], measurement.workload.identity(), "workload."
+        return judge(result, entry, others, self.fingerprint, settings)
+
+    def save(self, result: PerfResult, keep_runs: int) -> None:
+        """Add the result to its baseline entry as one more run."""
+        m = result.measurement
+        entry = new_entry(
+            machine=self.fingerprint,
+            test=result.nodeid,
+            name=result.key,
+            backend=m.backend,
+            model=m.model,
+            workload=m.workload.identity(),
+            samples=result.all_samples,
+            provenance=self.provenance,
+            output_fingerprint=m.fingerprint,
         )
-        if differences:
-            result.verdict = Verdict.NOT_COMPARABLE
-            result.notes.append("identity differs from the baseline: " + "; ".join(differences))
-            return result
-        current = result.all_samples
-        result.comparisons = [
-            compare_metric(
-                METRICS[name],
-                baseline[name],
-                samples,
-                tolerance=settings.tolerance_for(name),
-                alpha=settings.alpha,
-            )
-            for name, samples in current.items()
-            if name in baseline
-        ]
-        result.verdict = overall([c.verdict for c in result.comparisons])
-        return result
+        self.store.save(result.nodeid, result.key, self.machine_id, entry, keep_runs)
+        result.saved = True

@@ -21,8 +21,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from pytest_mlxperf.backends.base import BackendError, LoadedModel, RawSample
-from pytest_mlxperf.workload import Workload
+from pytest_mlxperf.backends.base import BackendError, LoadedModel, Measurement, RawSample
+from pytest_mlxperf.workload import FinetuneWorkload, Workload
 
 _POLL = 0.02
 
@@ -58,9 +58,12 @@ def _serve(conn: Connection, backend: str, source: str, cache_dir: str | None) -
     def load() -> dict[str, Any]:
         nonlocal model
         model = backends.load(backend, source, Path(cache_dir) if cache_dir else None)
-        return {
+        info = {
             k: getattr(model, k) for k in ("identity", "load_time", "vocab_size", "context_length")
         }
+        # whether the backend has the optional fine-tuning capability, for the parent to refuse
+        info["finetunes"] = type(model).finetune is not LoadedModel.finetune
+        return info
 
     reply(load)
     while model is not None:
@@ -96,6 +99,7 @@ class WorkerModel(LoadedModel):
         self.load_time = info["load_time"]
         self.vocab_size = info["vocab_size"]
         self.context_length = info["context_length"]
+        self._finetunes = info["finetunes"]
 
     def _start(self) -> dict[str, Any]:
         ctx = multiprocessing.get_context("spawn")
@@ -191,7 +195,11 @@ class WorkerModel(LoadedModel):
         self.used = True
         return self._call("run", prompt, context, workload)
 
-    def finetune(self, workload: Any, warmup: int, repetitions: int) -> Any:
+    def finetune(self, workload: FinetuneWorkload, warmup: int, repetitions: int) -> Measurement:
+        """The worker's model measures the fine-tuning; a backend without the capability is
+        refused here, as ``LoadedModel`` refuses it, without a call to the worker."""
+        if not self._finetunes:
+            return super().finetune(workload, warmup, repetitions)
         self.used = True
         return self._call("finetune", workload, warmup, repetitions)
 

@@ -343,3 +343,53 @@ def test_finetune_metrics_to_merge() -> None:
     assert "peak_memory" in METRICS  # reused: same definition, MLX allocator peak
     assert all(m.gated for m in finetune.FINETUNE_METRICS)
     assert [m.higher_is_better for m in finetune.FINETUNE_METRICS] == [True, True, False]
+
+
+# --------------------------------------------------------------------------- capability
+
+
+def _llamacpp_model() -> Any:
+    """A llama.cpp model object that was never loaded: refusing needs no model."""
+    from pytest_mlxperf.backends.llamacpp import LlamaCppModel
+
+    model = object.__new__(LlamaCppModel)
+    model.identity = {"backend": "llamacpp", "name": "tiny"}
+    model.load_time = 0.1
+    return model
+
+
+def test_backend_without_the_capability_refuses_through_the_interface(dataset: Path) -> None:
+    from pytest_mlxperf.backends.base import BackendError, LoadedModel
+    from pytest_mlxperf.backends.mlx import MLXModel
+
+    assert type(_llamacpp_model()).finetune is LoadedModel.finetune
+    assert MLXModel.finetune is not LoadedModel.finetune
+    with pytest.raises(BackendError, match="fine-tuning is measured with MLX only, not 'llamacpp'"):
+        _llamacpp_model().finetune(FinetuneWorkload(dataset=str(dataset)), 0, 1)
+
+
+def test_session_passes_the_refusal_on_and_records_nothing(dataset: Path, tmp_path: Path) -> None:
+    from pytest_mlxperf.backends.base import BackendError
+    from pytest_mlxperf.config import Settings
+    from pytest_mlxperf.session import PerfSession
+
+    session = PerfSession(Settings(machine="box"), tmp_path)
+    workload = FinetuneWorkload(dataset=str(dataset))
+    with pytest.raises(BackendError, match="MLX only, not 'llamacpp'"):
+        session.finetune("t.py::t", _llamacpp_model(), workload, session.settings)
+    assert session.results == []
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"repetitions": 0}, "repetitions must be >= 1"),
+        ({"warmup": -1}, "warmup must be >= 0"),
+    ],
+)
+def test_repetition_settings_are_refused_before_any_training(
+    dataset: Path, settings: dict[str, int], message: str
+) -> None:
+    workload = FinetuneWorkload(dataset=str(dataset))
+    with pytest.raises(ValueError, match=message):
+        finetune.measure_finetune(None, None, workload, **settings)  # type: ignore[arg-type]

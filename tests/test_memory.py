@@ -91,3 +91,55 @@ def test_regression_is_confirmed_in_a_fresh_worker(tmp_path: Path) -> None:
         assert model.pid != first_pid  # the confirmation ran in a new process
     finally:
         session.close()
+
+
+class _Allocator:
+    """A stand-in for mlx's memory functions: ``peak`` bytes until reset to ``active``."""
+
+    def __init__(self) -> None:
+        self.active, self.peak = 100, 500
+
+    def reset_peak_memory(self) -> None:
+        self.peak = self.active
+
+    def get_peak_memory(self) -> int:
+        return self.peak
+
+    def get_active_memory(self) -> int:
+        return self.active
+
+
+def test_mlx_memory_uses_mx_metal_on_old_mlx() -> None:
+    """Old mlx has the memory functions only under ``mx.metal``."""
+    import types
+
+    from pytest_mlxperf import mlx_memory
+
+    allocator = _Allocator()
+    old_mx = types.SimpleNamespace(metal=allocator)
+    assert mlx_memory.peak(old_mx) == 500
+    assert mlx_memory.active(old_mx) == 100
+    mlx_memory.reset_peak(old_mx)
+    assert mlx_memory.peak(old_mx) == 100
+
+
+def test_mlx_memory_prefers_the_top_level_functions_of_new_mlx() -> None:
+    """New mlx deprecates ``mx.metal.*``: the top-level functions are the ones called."""
+    from pytest_mlxperf import mlx_memory
+
+    class Deprecated:
+        def __getattr__(self, name: str) -> object:
+            raise AssertionError(f"mx.metal.{name} called on new mlx")
+
+    new_mx = _Allocator()
+    new_mx.metal = Deprecated()  # type: ignore[attr-defined]
+    mlx_memory.reset_peak(new_mx)
+    assert mlx_memory.peak(new_mx) == 100
+    assert mlx_memory.active(new_mx) == 100
+
+
+def test_importing_mlx_memory_imports_no_mlx() -> None:
+    import subprocess
+
+    code = "import sys, pytest_mlxperf.mlx_memory; assert 'mlx' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

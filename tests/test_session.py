@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from pytest_mlxperf.backends.base import LoadedModel, RawSample
-from pytest_mlxperf.compare import Verdict
 from pytest_mlxperf.config import Settings
 from pytest_mlxperf.measure import MeasurementError, derive_metrics, measure
 from pytest_mlxperf.session import PerfSession
+from pytest_mlxperf.verdicts import Verdict
 from pytest_mlxperf.workload import Workload
 
 WL = Workload(prompt_tokens=100, generation_tokens=11)
@@ -101,7 +101,7 @@ def test_same_measurement_twice_in_one_test_needs_a_name(tmp_path: Path) -> None
 
 
 def test_backend_table_lines_up_backends_of_one_model() -> None:
-    from pytest_mlxperf.report import backend_table
+    from pytest_mlxperf.render.text import backend_table
 
     def record(backend: str, quant: object, tps: float, label: str = "pp8+tg8") -> dict:
         medians = dict.fromkeys(

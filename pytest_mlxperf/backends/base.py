@@ -1,4 +1,6 @@
-"""The small interface every backend implements, and the raw record of one repetition."""
+"""The small interface every backend implements, and the records it produces: the raw record
+of one repetition, and the ``Measurement`` of many (which a backend returns itself for what only
+it can measure, such as MLX fine-tuning)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_mlxperf.workload import Workload
+from pytest_mlxperf.workload import FinetuneWorkload, Workload, WorkloadLike
 
 
 class BackendError(RuntimeError):
@@ -33,6 +35,21 @@ class RawSample:
         return len(self.tokens)
 
 
+@dataclass
+class Measurement:
+    """Everything one measurement produced: identity, per-repetition metric samples, and
+    the raw records they were derived from."""
+
+    backend: str
+    model: dict[str, Any]
+    workload: WorkloadLike
+    samples: dict[str, list[float]]
+    raw: list[Any] = field(repr=False)
+    warmup: int = 0
+    wall_time: float = 0.0
+    fingerprint: str | None = None
+
+
 class LoadedModel(abc.ABC):
     """A model loaded by one backend, ready to run repetitions of a workload."""
 
@@ -51,6 +68,12 @@ class LoadedModel(abc.ABC):
         """One repetition on a fresh KV cache: prefill ``context`` (untimed: the context
         depth), then time the prefill of ``prompt`` and the decode of exactly
         ``workload.generation_tokens`` tokens with EOS disabled."""
+
+    def finetune(self, workload: FinetuneWorkload, warmup: int, repetitions: int) -> Measurement:
+        """An optional capability: ``warmup`` untimed, then ``repetitions`` timed LoRA
+        fine-tuning runs of ``workload`` on this model. Backends that cannot fine-tune keep
+        this default, which refuses with the reason."""
+        raise BackendError(f"fine-tuning is measured with MLX only, not {self.backend!r}")
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends free on GC
         """Release the model's memory."""

@@ -10,20 +10,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
-from pytest_mlxperf.backends.base import BackendError, LoadedModel, RawSample
+from pytest_mlxperf import mlx_memory
+from pytest_mlxperf.backends.base import BackendError, LoadedModel, Measurement, RawSample
+from pytest_mlxperf.finetune import measure_finetune
 from pytest_mlxperf.sources import ResolvedSource
-from pytest_mlxperf.workload import Workload
+from pytest_mlxperf.workload import FinetuneWorkload, Workload
 
 LLAMACPP_ONLY = ("flash_attn", "threads", "n_gpu_layers")
-
-
-def _memory_api(mx: Any) -> tuple[Any, Any]:
-    """(reset_peak_memory, get_peak_memory): top-level on new mlx, ``mx.metal`` on old."""
-    if hasattr(mx, "reset_peak_memory"):
-        return mx.reset_peak_memory, mx.get_peak_memory
-    return mx.metal.reset_peak_memory, mx.metal.get_peak_memory
 
 
 class MLXModel(LoadedModel):
@@ -67,14 +61,13 @@ class MLXModel(LoadedModel):
         from mlx_lm.models.cache import make_prompt_cache
         from mlx_lm.sample_utils import make_sampler
 
-        reset_peak, get_peak = _memory_api(mx)
         step = workload.prefill_step or 2048
         cache = make_prompt_cache(self.model, max_kv_size=workload.max_kv_size)
         sampler = make_sampler(
             temp=workload.temp, top_p=workload.top_p if workload.top_p < 1 else 0.0
         )
         mx.random.seed(workload.seed)
-        reset_peak()
+        mlx_memory.reset_peak(mx)
         with wired_limit(self.model):
             for i in range(0, len(context), step):
                 self.model(mx.array(context[i : i + step])[None], cache=cache)
@@ -93,13 +86,11 @@ class MLXModel(LoadedModel):
                 stamps.append(time.perf_counter())
                 tokens.append(int(token))
             t_end = time.perf_counter()
-        return RawSample(t_start, stamps, t_end, tokens, int(get_peak()))
+        return RawSample(t_start, stamps, t_end, tokens, mlx_memory.peak(mx))
 
-    def finetune(self, workload: Any, warmup: int, repetitions: int) -> Any:
-        """A LoRA (QLoRA on a quantized model) fine-tuning measurement with mlx-lm's trainer:
-        a ``Measurement`` of ``finetune.FinetuneWorkload`` (see ``pytest_mlxperf.finetune``)."""
-        from pytest_mlxperf.finetune import measure_finetune
-
+    def finetune(self, workload: FinetuneWorkload, warmup: int, repetitions: int) -> Measurement:
+        """A LoRA (QLoRA on a quantized model) fine-tuning measurement with mlx-lm's trainer
+        (see ``pytest_mlxperf.finetune``)."""
         return measure_finetune(
             self.model,
             self.tokenizer,
