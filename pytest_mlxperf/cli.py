@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,7 +34,68 @@ def _comparison(args: argparse.Namespace) -> Comparison:
 
     files = [load_results(path) for path in args.results]
     reference = resolve_reference(args.results, args.reference)
-    return compare_files(files, reference, args.tolerance, args.alpha)
+    return compare_files(files, reference, args.tolerance, args.alpha, pool=args.pool)
+
+
+def _name_value(spec: str) -> tuple[str, str]:
+    """``--env NAME=PYTHON`` as a pair; a bad form fails at parse time."""
+    name, sep, value = spec.partition("=")
+    if not sep or not name or not value:
+        raise argparse.ArgumentTypeError(f"expected NAME=PYTHON, got {spec!r}")
+    return name, value
+
+
+def _ab(args: argparse.Namespace) -> int:
+    from pytest_mlxperf.ab import ABError, ABRun, Environment, tox_environment
+    from pytest_mlxperf.files import atomic_write
+    from pytest_mlxperf.render.html import html_report
+    from pytest_mlxperf.render.markdown import markdown
+    from pytest_mlxperf.render.text import text_table
+    from pytest_mlxperf.verdicts import Verdict
+
+    environments = [Environment(name, Path(python)) for name, python in args.env]
+    environments += [tox_environment(name, args.tox_dir) for name in args.tox]
+    variables: dict[str, dict[str, str]] = {}
+    by_name = {e.name: e for e in environments}
+    for spec in args.set:
+        name, _, assignment = spec.partition(":")
+        key, sep, value = assignment.partition("=")
+        if name not in by_name or not sep or not key:
+            raise ABError(
+                f"--set {spec!r}: expected ENV:KEY=VALUE with ENV one of "
+                f"{', '.join(by_name) or 'the environments'}"
+            )
+        variables.setdefault(name, {})[key] = value
+    environments = [
+        Environment(e.name, e.python, {**e.variables, **variables.get(e.name, {})})
+        for e in environments
+    ]
+    if args.tox and "MLXPERF_CACHE_DIR" not in os.environ:
+        # tox.ini's environments share one model cache; so must their processes here
+        os.environ["MLXPERF_CACHE_DIR"] = str(args.tox_dir / "mlxperf-cache")
+    run = ABRun(
+        environments,
+        args.pytest_args,
+        args.out,
+        min_rounds=args.min_rounds,
+        max_rounds=args.max_rounds,
+        budget_s=args.budget * 60,
+        order=args.order,
+        seed=args.seed,
+        tolerances=args.tolerance,
+        alpha=args.alpha,
+        process_timeout_s=args.process_timeout,
+        say=lambda line: print(line, flush=True),
+    )
+    result = run.run()
+    comparison = result.comparison
+    print(text_table(comparison))
+    print(result.summary())
+    atomic_write(args.out / "report.html", html_report(comparison))
+    atomic_write(args.out / "report.md", markdown(comparison))
+    print(f"results, ab.json, report.html and report.md in {args.out}")
+    failed = comparison.regressions or (args.strict and comparison.cells(Verdict.INCONCLUSIVE))
+    return 1 if failed else 0
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -83,6 +145,9 @@ def _add_results_parsers(sub: argparse._SubParsersAction) -> None:
             help="the file the others are judged against: one of RESULTS, or its 1-based "
             "position (-1: the last); default: the first",
         )
+        judging(parser)
+
+    def judging(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--tolerance",
             type=argparse_type(tolerance),
@@ -98,6 +163,15 @@ def _add_results_parsers(sub: argparse._SubParsersAction) -> None:
             help=f"{alpha.help} (default {alpha.default})",
         )
 
+    def pooled(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--pool",
+            action="store_true",
+            help="pool files of the same machine and package versions into one side (separate "
+            "processes: repeated runs, rounds) and judge with the process as the unit; two "
+            "sides of equal size are paired file by file, in the order given",
+        )
+
     compare = sub.add_parser(
         "compare",
         help="side-by-side verdicts of results files against a reference; exit 1 on regression",
@@ -105,6 +179,7 @@ def _add_results_parsers(sub: argparse._SubParsersAction) -> None:
         "against the reference with the plugin's rules. Exit 1 if any regression is found.",
     )
     judged(compare)
+    pooled(compare)
     compare.add_argument("--markdown", action="store_true", help="print a Markdown table")
     compare.set_defaults(func=_compare)
 
@@ -113,9 +188,70 @@ def _add_results_parsers(sub: argparse._SubParsersAction) -> None:
         help="write a self-contained HTML report (plots of every sample) of results files",
     )
     judged(report)
+    pooled(report)
     report.add_argument("-o", "--output", type=Path, required=True, help="HTML file to write")
     report.add_argument("--markdown", type=Path, metavar="FILE", help="also write Markdown here")
     report.set_defaults(func=_report)
+
+    ab = sub.add_parser(
+        "ab",
+        help="interleaved A/B gate: run a perf suite in rounds across Python environments "
+        "(fresh process each), judged by process; exit 1 on a regression",
+        description="Run a perf suite alternately in two or more Python environments (tox "
+        "environments or interpreters), a fresh process per environment per round, and judge "
+        "every other environment against the first with the process as the unit. Rounds are "
+        "added until every gated metric is decided or the budget is spent. Everything after "
+        "-- goes to pytest, e.g.: mlxperf ab --tox mlx030 --tox mlx032 --tolerance 5% -- "
+        "tests/perf/test_example_perf.py",
+    )
+    ab.add_argument(
+        "--env",
+        type=_name_value,
+        action="append",
+        default=[],
+        metavar="NAME=PYTHON",
+        help="an environment: a name and its Python interpreter (repeatable; the first one "
+        "given, --env before --tox, is the reference)",
+    )
+    ab.add_argument(
+        "--tox", action="append", default=[], metavar="ENV", help="a tox environment by name"
+    )
+    ab.add_argument("--tox-dir", type=Path, default=Path(".tox"), help="tox's work dir (.tox)")
+    ab.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="ENV:KEY=VALUE",
+        help="an environment variable for one environment's processes (repeatable)",
+    )
+    judging(ab)
+    ab.add_argument("--min-rounds", type=int, default=3, help="rounds before deciding (3)")
+    ab.add_argument("--max-rounds", type=int, default=10, help="rounds at most (10)")
+    ab.add_argument(
+        "--budget", type=float, default=10.0, metavar="MINUTES", help="time budget (10 min)"
+    )
+    ab.add_argument(
+        "--order",
+        choices=("alternate", "random"),
+        default="alternate",
+        help="environments' order per round: alternate (AB BA AB ...) or random (seeded)",
+    )
+    ab.add_argument("--seed", type=int, default=0, help="seed of --order random (0)")
+    ab.add_argument(
+        "--process-timeout",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="stop a process of the suite after this long (1800)",
+    )
+    ab.add_argument(
+        "--out", type=Path, default=Path("results/ab"), help="folder for results (results/ab)"
+    )
+    ab.add_argument(
+        "--strict", action="store_true", help="also exit 1 when a metric stays inconclusive"
+    )
+    ab.add_argument("pytest_args", nargs="*", metavar="-- PYTEST_ARGS", help="the perf suite")
+    ab.set_defaults(func=_ab)
 
     export = sub.add_parser(
         "export", help="convert a results file to Bencher (BMF) or pytest-benchmark JSON"

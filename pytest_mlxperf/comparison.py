@@ -8,19 +8,27 @@ measurement is the pair (test id, measurement key); two files' measurements are 
 when the machine, the model identity (content hash included) and the workload are equal, and
 then with the plugin's own rules (``verdicts.compare_metric``: beyond tolerance *and*
 significant). Package versions, dates and commits are shown, never required to match.
-Nothing here imports pytest.
+
+A side of the comparison is a ``ResultsGroup``: one file, or several files pooled (separate
+processes of one environment: repeated tox runs, the rounds of ``mlxperf ab``). Where both
+sides have at least two processes of a measurement, it is judged with the process as the unit
+(``process_stats.compare_processes``, paired by round when the sides have equal counts);
+with one process on a side, by the repetitions (``verdicts.compare_metric``), which on a shared
+machine overstates the evidence, and the cell says so. Nothing here imports pytest.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from pytest_mlxperf.identity import differences, measurement_differences
 from pytest_mlxperf.metrics import METRICS, Metric
 from pytest_mlxperf.options import OPTIONS_BY_NAME
-from pytest_mlxperf.packages import packages_changed, versions_line
+from pytest_mlxperf.packages import packages_changed, sorted_packages, versions_label, versions_line
+from pytest_mlxperf.process_stats import MIN_PROCESSES, ProcessComparison, compare_processes
 from pytest_mlxperf.results import (
     InputError,
     Record,
@@ -33,10 +41,109 @@ from pytest_mlxperf.results import (
 from pytest_mlxperf.verdicts import MetricComparison, Verdict, compare_metric
 
 DEFAULT_ALPHA: float = OPTIONS_BY_NAME["alpha"].default
+SINGLE_PROCESS_NOTE = (
+    "one process on a side: repetitions counted as independent, which overstates the evidence "
+    "on a shared machine; pool several runs per side (mlxperf ab, or compare --pool)"
+)
+
+
+@dataclass(frozen=True)
+class ResultsGroup:
+    """One side of a comparison: a results file, or several pooled (one process each, in
+    round order: two sides of equal size are paired file by file). ``records`` has one record
+    per measurement whose samples are every process's, concatenated; ``processes`` keeps them
+    apart."""
+
+    name: str
+    files: tuple[ResultsFile, ...]
+
+    def __post_init__(self) -> None:
+        if not self.files:
+            raise InputError(f"{self.name}: no results files")
+        machines = {f.machine_id for f in self.files}
+        if len(machines) > 1:
+            raise InputError(
+                f"{self.name}: files measured on different machines ({', '.join(sorted(machines))})"
+                " cannot be pooled"
+            )
+
+    @classmethod
+    def of(cls, results: ResultsFile) -> ResultsGroup:
+        return cls(str(results.path), (results,))
+
+    @property
+    def path(self) -> str:
+        """What legends show: the file, or the group's name and its process count."""
+        if len(self.files) == 1:
+            return str(self.files[0].path)
+        folders = {f.path.parent for f in self.files}
+        where = (
+            f"in {folders.pop()}"
+            if len(folders) == 1
+            else ": " + ", ".join(str(f.path) for f in self.files)
+        )
+        return f"{self.name} ({len(self.files)} processes {where})"
+
+    @property
+    def machine(self) -> dict[str, object]:
+        return self.files[0].machine
+
+    @property
+    def machine_id(self) -> str:
+        return self.files[0].machine_id
+
+    @property
+    def packages(self) -> dict[str, str]:
+        merged: dict[str, str] = {}
+        for f in self.files:
+            merged.update(f.packages)
+        return sorted_packages(merged)
+
+    @property
+    def label(self) -> str:
+        return versions_label(self.packages)
+
+    @cached_property
+    def records(self) -> dict[tuple[str, str], Record]:
+        pooled: dict[tuple[str, str], Record] = {}
+        for f in self.files:
+            for key, record in f.records.items():
+                if key not in pooled:
+                    pooled[key] = {**record, "samples": {}, "processes": 0}
+                merged = pooled[key]
+                merged["processes"] += 1
+                for name, values in record["samples"].items():
+                    merged["samples"] = {
+                        **merged["samples"],
+                        name: [*merged["samples"].get(name, []), *values],
+                    }
+        return pooled
+
+    def processes(self, key: tuple[str, str], metric_name: str) -> list[list[float]]:
+        """Each process's samples of one metric of one measurement, in file order."""
+        out = []
+        for f in self.files:
+            record = f.records.get(key)
+            samples = samples_of(record, metric_name) if record else None
+            if samples:
+                out.append(list(samples))
+        return out
+
+
+def group_files(files: Sequence[ResultsFile]) -> list[ResultsGroup]:
+    """Pool files measured on the same machine with the same package versions, in the order
+    their first file was given (``mlxperf compare --pool``)."""
+    groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[ResultsFile]] = {}
+    for f in files:
+        groups.setdefault((f.machine_id, tuple(f.packages.items())), []).append(f)
+    return [
+        ResultsGroup(members[0].label if len(members) > 1 else str(members[0].path), tuple(members))
+        for members in groups.values()
+    ]
 
 
 def identity_differences(
-    reference: ResultsFile, ref_record: Record, other: ResultsFile, record: Record
+    reference: ResultsGroup, ref_record: Record, other: ResultsGroup, record: Record
 ) -> list[str]:
     """What keeps two measurements from being comparable (empty if nothing): machine, backend,
     model identity or workload, each as ``field: reference -> other``."""
@@ -53,11 +160,11 @@ class Cell:
     """One non-reference file's side of a row: its record, and either a comparison with the
     reference or the reason there is none."""
 
-    number: int  # the file's 1-based position among the files compared
-    file: ResultsFile
+    number: int  # the side's 1-based position among the sides compared
+    file: ResultsGroup
     record: Record | None
     verdict: Verdict | None  # None: the measurement or metric is not in this file
-    comparison: MetricComparison | None = None
+    comparison: MetricComparison | ProcessComparison | None = None
     reason: str = ""
     versions: str = ""  # "mlx 0.26.5 -> 0.32.4, mlx-lm 0.26.4 -> 0.32.2" where compared
     upgraded: bool = False  # whether any of the backend's packages differs from the reference
@@ -69,10 +176,11 @@ class Cell:
 
     @property
     def status_text(self) -> str:
-        """The status, marking a pass whose change is beyond tolerance but not significant."""
-        return (
-            f"{self.status} (n.s.)" if self.verdict is Verdict.PASS and self.reason else self.status
-        )
+        """The status, marking a pass that was not shown to be within tolerance: beyond it but
+        not significant, or (process-level, more rounds to come) not decided yet."""
+        undecided = isinstance(self.comparison, ProcessComparison) and not self.comparison.decided
+        flagged = self.verdict is Verdict.PASS and (self.reason or undecided)
+        return f"{self.status} (n.s.)" if flagged else self.status
 
     def samples(self, metric_name: str) -> list[float] | None:
         return samples_of(self.record, metric_name) if self.record else None
@@ -108,17 +216,27 @@ class Row:
 class Comparison:
     """Every measurement of every file judged against the reference file."""
 
-    files: tuple[ResultsFile, ...]
+    files: tuple[ResultsGroup, ...]
     reference_index: int  # 0-based position of the reference in ``files``
     rows: tuple[Row, ...]
     alpha: float
 
     @property
-    def reference(self) -> ResultsFile:
+    def reference(self) -> ResultsGroup:
         return self.files[self.reference_index]
 
     @property
-    def others(self) -> list[tuple[int, ResultsFile]]:
+    def undecided(self) -> list[tuple[Row, Cell]]:
+        """Gated cells judged by process but not decided yet (more rounds would tell)."""
+        return [
+            (row, cell)
+            for row in self.rows
+            for cell in row.cells
+            if isinstance(cell.comparison, ProcessComparison) and not cell.comparison.decided
+        ]
+
+    @property
+    def others(self) -> list[tuple[int, ResultsGroup]]:
         """(1-based number, file) of every file but the reference."""
         return [(n, f) for n, f in enumerate(self.files, 1) if n - 1 != self.reference_index]
 
@@ -161,14 +279,22 @@ def resolve_reference(paths: Sequence[Path | str], reference: str | None) -> int
     )
 
 
+@dataclass(frozen=True)
+class _Judging:
+    """What every cell of one comparison is judged with."""
+
+    tolerances: Mapping[str, float]
+    alpha: float
+    final: bool
+
+
 def _cell(
     metric: Metric,
-    reference: ResultsFile,
+    reference: ResultsGroup,
     ref_record: Record | None,
     number: int,
-    other: ResultsFile,
-    tolerances: Mapping[str, float],
-    alpha: float,
+    other: ResultsGroup,
+    judging: _Judging,
     key: tuple[str, str],
 ) -> Cell:
     name = metric.name
@@ -185,12 +311,29 @@ def _cell(
         side = "the reference" if before is None else "this file"
         return Cell(number, other, record, None, reason=f"{name} not recorded in {side}")
     tolerance = (
-        tolerances.get(name)
+        judging.tolerances.get(name)
         or recorded_tolerance(record, name)
         or recorded_tolerance(ref_record, name)
         or metric.default_tolerance
     )
-    comparison = compare_metric(metric, before, after, tolerance=tolerance, alpha=alpha)
+    ref_runs, runs = reference.processes(key, name), other.processes(key, name)
+    comparison: MetricComparison | ProcessComparison
+    if min(len(ref_runs), len(runs)) >= MIN_PROCESSES and min(before + after) > 0:
+        comparison = compare_processes(
+            metric,
+            ref_runs,
+            runs,
+            tolerance=tolerance,
+            alpha=judging.alpha,
+            paired=len(ref_runs) == len(runs),
+            final=judging.final,
+        )
+        reason = comparison.note
+    else:
+        comparison = compare_metric(metric, before, after, tolerance=tolerance, alpha=judging.alpha)
+        reason = comparison.note
+        if max(len(ref_runs), len(runs)) >= MIN_PROCESSES and metric.gated:
+            reason = "; ".join(filter(None, [reason, SINGLE_PROCESS_NOTE]))
     old = ref_record["provenance"].get("packages", {})
     new = record["provenance"].get("packages", {})
     return Cell(
@@ -199,7 +342,7 @@ def _cell(
         record,
         comparison.verdict,
         comparison,
-        comparison.note,
+        reason,
         versions_line(record["backend"], old, new),
         packages_changed(record["backend"], old, new),
     )
@@ -210,28 +353,54 @@ def compare_files(
     reference_index: int = 0,
     tolerances: Mapping[str, float] | None = None,
     alpha: float = DEFAULT_ALPHA,
+    *,
+    pool: bool = False,
 ) -> Comparison:
-    """Judge every measurement of every file against ``files[reference_index]``.
-
-    Rows follow the reference file's order, then measurements only other files have. Per
-    metric, ``tolerances`` (e.g. from ``options.parse_tolerances``) override the tolerance the
-    plugin recorded for that test, which overrides the metric's default.
-    """
+    """Judge every measurement of every file against ``files[reference_index]``; with
+    ``pool``, files of the same machine and package versions are first pooled into one side
+    (the reference side is the one holding ``files[reference_index]``)."""
     if not files:
         raise InputError("no results files to compare")
-    reference = files[reference_index]
+    if not pool:
+        groups = [ResultsGroup.of(f) for f in files]
+        return compare_groups(groups, reference_index, tolerances, alpha)
+    groups = group_files(files)
+    wanted = files[reference_index]
+    index = next(i for i, g in enumerate(groups) if any(f is wanted for f in g.files))
+    return compare_groups(groups, index, tolerances, alpha)
+
+
+def compare_groups(
+    groups: Sequence[ResultsGroup],
+    reference_index: int = 0,
+    tolerances: Mapping[str, float] | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    *,
+    final: bool = True,
+) -> Comparison:
+    """Judge every measurement of every side against ``groups[reference_index]``.
+
+    Rows follow the reference's order, then measurements only other sides have. Per metric,
+    ``tolerances`` (e.g. from ``options.parse_tolerances``) override the tolerance the plugin
+    recorded for that test, which overrides the metric's default. ``final``: no more rounds
+    will come, so a process-level comparison still undecided is *inconclusive*.
+    """
+    if not groups:
+        raise InputError("no results files to compare")
+    judging = _Judging(tolerances or {}, alpha, final)
+    reference = groups[reference_index]
     keys = list(reference.records)
-    for f in files:
-        keys += [k for k in f.records if k not in keys]
+    for g in groups:
+        keys += [k for k in g.records if k not in keys]
     rows = []
     for key in keys:
         ref_record = reference.records.get(key)
-        any_record = ref_record or next(f.records[key] for f in files if key in f.records)
-        present = {name for f in files if key in f.records for name in metric_names(f.records[key])}
+        any_record = ref_record or next(g.records[key] for g in groups if key in g.records)
+        present = {n for g in groups if key in g.records for n in metric_names(g.records[key])}
         for metric in (m for m in METRICS.values() if m.name in present):
             cells = tuple(
-                _cell(metric, reference, ref_record, n, f, tolerances or {}, alpha, key)
-                for n, f in enumerate(files, 1)
+                _cell(metric, reference, ref_record, n, g, judging, key)
+                for n, g in enumerate(groups, 1)
                 if n - 1 != reference_index
             )
             rows.append(
@@ -245,4 +414,4 @@ def compare_files(
                     cells=cells,
                 )
             )
-    return Comparison(tuple(files), reference_index, tuple(rows), alpha)
+    return Comparison(tuple(groups), reference_index, tuple(rows), alpha)

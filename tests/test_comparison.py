@@ -313,7 +313,7 @@ def test_a_later_reference_is_compared_against(tmp_path: Path) -> None:
     slow = make_document(make_record(seed=2, scale={"generation_tps": 0.7}))
     files = [load_results(write(tmp_path / f"{i}.json", d)) for i, d in enumerate((slow, fast))]
     comparison = compare_files(files, reference_index=1)
-    assert comparison.reference is files[1]
+    assert comparison.reference.files == (files[1],)
     assert cell_of(comparison, "generation_tps").verdict is Verdict.REGRESSION
     assert text_table(comparison).startswith(f"#1 {files[0].path}")
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from pytest_mlxperf.comparison import Cell, Comparison
 from pytest_mlxperf.metrics import METRICS, Metric
+from pytest_mlxperf.process_stats import ProcessComparison
 from pytest_mlxperf.results import Record
 from pytest_mlxperf.verdicts import Verdict
 
@@ -130,8 +131,14 @@ def format_p(p: float | None) -> str:
 
 
 def format_change(cell: Cell) -> str:
-    """The relative change of the median against the reference, e.g. ``-12.3%``."""
-    return "" if cell.comparison is None else f"{cell.comparison.change:+.1%}"
+    """The relative change against the reference, e.g. ``-12.3%``; judged by process, with
+    its confidence interval: ``-12.3% [-15.0..-9.5]``."""
+    c = cell.comparison
+    if c is None:
+        return ""
+    if isinstance(c, ProcessComparison):
+        return f"{c.change:+.1%} [{c.low * 100:+.1f}..{c.high * 100:+.1f}]"
+    return f"{c.change:+.1%}"
 
 
 def file_legend(comparison: Comparison) -> list[str]:
@@ -167,8 +174,9 @@ def table_rows(comparison: Comparison) -> list[list[str]]:
 
 
 def explanations(comparison: Comparison) -> list[str]:
-    """One line per not-comparable measurement and file (why), and per regression (the full
-    figures and the versions on both sides)."""
+    """One line per not-comparable measurement and file (why), per regression (the full
+    figures and the versions on both sides) and per inconclusive metric (what it could
+    resolve)."""
     lines: list[str] = []
     for row, cell in comparison.cells(Verdict.NOT_COMPARABLE):
         line = f"not comparable: #{cell.number} {row.label}: {cell.reason}"
@@ -177,6 +185,11 @@ def explanations(comparison: Comparison) -> list[str]:
     lines += [
         f"REGRESSION #{cell.number} {row.label}: {cell.describe()}"
         for row, cell in comparison.regressions
+    ]
+    lines += [
+        f"inconclusive #{cell.number} {row.label}: {cell.comparison.describe()}"
+        for row, cell in comparison.cells(Verdict.INCONCLUSIVE)
+        if cell.comparison is not None
     ]
     # A significant change where the backend's versions did not change is a control that
     # failed: the machine (other load, thermal state, run-to-run spread) moved, not a version.
