@@ -3,4 +3,4 @@
 Importing this package imports no backend: ``mlx`` and ``llama_cpp`` are loaded lazily.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -44,9 +44,12 @@ class BaselineError(Exception):
         self.problem = problem
 
 
-def entry_key(machine_id: str, measurement_key: str) -> str:
-    """The key of an entry in its file: the measurement on one machine."""
-    return f"{measurement_key} @ {machine_id}"
+def entry_key(machine_id: str, nodeid: str, measurement_key: str) -> str:
+    """The key of an entry in its file (one file per test module): the test, its measurement
+    and the machine, e.g. ``test_decode[mlx] [mlx:synth:tiny:pp128+tg64] @ linux-x86_64-...``.
+    (Before 0.2 the test was not part of the key, so two tests of a module with the same
+    measurement shared an entry; such old entries are still found, as another machine's.)"""
+    return f"{nodeid.split('::', 1)[-1]} [{measurement_key}] @ {machine_id}"
 
 
 def _round(value: float) -> float:
@@ -65,9 +68,11 @@ def new_entry(
     samples: dict[str, list[float]],
     provenance: dict[str, Any],
     output_fingerprint: str | None,
+    canary: dict[str, list[float]] | None = None,
 ) -> dict[str, Any]:
     """A baseline entry holding one run: identity (machine, test, measurement name, backend,
-    model, workload), then the run's samples, provenance and greedy-output fingerprint."""
+    model, workload), then the run's samples, provenance, greedy-output fingerprint and the
+    machine speed canary timed in the same session (``canary.run_canary``)."""
     return {
         "machine": machine,
         "test": test,
@@ -78,6 +83,9 @@ def new_entry(
         "runs": [
             {
                 "samples": samples,
+                "canary": None
+                if canary is None
+                else {kernel: [_round(v) for v in s] for kernel, s in canary.items()},
                 "provenance": provenance,
                 "output_fingerprint": output_fingerprint,
             }
@@ -174,9 +182,12 @@ class BaselineStore:
         """The entry for this measurement on this machine, and the entries of the same
         measurement recorded on other machines (so a mismatch can be reported, not ignored)."""
         entries = read_file(self.path_for(nodeid))
-        own = entries.get(entry_key(machine_id, measurement_key))
-        prefix = f"{measurement_key} @ "
-        others = [e for k, e in entries.items() if k.startswith(prefix) and e is not own]
+        own = entries.get(entry_key(machine_id, nodeid, measurement_key))
+        prefixes = (
+            entry_key("", nodeid, measurement_key),
+            f"{measurement_key} @ ",  # the key before 0.2, without the test
+        )
+        others = [e for k, e in entries.items() if k.startswith(prefixes) and e is not own]
         return own, others
 
     def save(
@@ -198,7 +209,7 @@ class BaselineStore:
         ]
         _check_entry(path, measurement_key, entry)
         path.parent.mkdir(parents=True, exist_ok=True)
-        key = entry_key(machine_id, measurement_key)
+        key = entry_key(machine_id, nodeid, measurement_key)
         with lock_for(path, timeout=60):
             entries = read_file(path)  # raises on a corrupt file, which is then left as it is
             old = entries.get(key)

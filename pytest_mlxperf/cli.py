@@ -72,7 +72,7 @@ def _ab(args: argparse.Namespace) -> int:
     ]
     if args.tox and "MLXPERF_CACHE_DIR" not in os.environ:
         # tox.ini's environments share one model cache; so must their processes here
-        os.environ["MLXPERF_CACHE_DIR"] = str(args.tox_dir / "mlxperf-cache")
+        os.environ["MLXPERF_CACHE_DIR"] = str((args.tox_dir / "mlxperf-cache").resolve())
     run = ABRun(
         environments,
         args.pytest_args,

@@ -318,7 +318,10 @@ def _cell(
     )
     ref_runs, runs = reference.processes(key, name), other.processes(key, name)
     comparison: MetricComparison | ProcessComparison
-    if min(len(ref_runs), len(runs)) >= MIN_PROCESSES and min(before + after) > 0:
+    # log ratios need positive values on a relative scale: an absolute metric (memory growth,
+    # near zero) is judged on its samples with its difference tolerance
+    by_process = not metric.absolute and min(before + after) > 0
+    if min(len(ref_runs), len(runs)) >= MIN_PROCESSES and by_process:
         comparison = compare_processes(
             metric,
             ref_runs,
@@ -332,7 +335,7 @@ def _cell(
     else:
         comparison = compare_metric(metric, before, after, tolerance=tolerance, alpha=judging.alpha)
         reason = comparison.note
-        if max(len(ref_runs), len(runs)) >= MIN_PROCESSES and metric.gated:
+        if max(len(ref_runs), len(runs)) >= MIN_PROCESSES and metric.gated and by_process:
             reason = "; ".join(filter(None, [reason, SINGLE_PROCESS_NOTE]))
     old = ref_record["provenance"].get("packages", {})
     new = record["provenance"].get("packages", {})

@@ -28,7 +28,14 @@ which includes compiling the step, to the end of the last iteration):
   batches of sequences truncated to ``max_seq_length`` have no padding and count exactly;
 - ``peak_memory`` = MLX allocator peak of the whole repetition (reset before it): base weights,
   adapters, optimizer state, activations and gradients, plus whatever else the process holds
-  (``FinetuneSample.active_memory``, e.g. another loaded model), as for inference.
+  (``FinetuneSample.active_memory``, e.g. another loaded model), as for inference;
+  ``process_peak_memory`` = the process's peak over the same repetition (Linux VmHWM, macOS
+  physical footprint), which also counts what the allocator does not see;
+- ``memory_growth`` = the least-squares slope of the process's resident memory after each
+  iteration, from the end of the warm-up iterations on, per iteration, as a fraction of the
+  resident memory at its start: memory that grows without bound across iterations is a
+  regression even while each peak stays within tolerance. (Reading the memory takes tens of
+  microseconds per iteration, inside the timed window.)
 
 The workload, ``FinetuneWorkload``, is defined beside ``Workload`` in
 ``pytest_mlxperf.workload`` (the backend interface names it) and can be imported from here too.
@@ -43,16 +50,18 @@ import io
 import itertools
 import json
 import random
+import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_mlxperf import mlx_memory
+from pytest_mlxperf import memory, mlx_memory
 from pytest_mlxperf.backends.base import BackendError, Measurement
 from pytest_mlxperf.measure import MeasurementError, Repetitions
 from pytest_mlxperf.metrics import METRICS, Metric
+from pytest_mlxperf.progress import ProgressFn
 from pytest_mlxperf.workload import FinetuneWorkload
 
 if TYPE_CHECKING:
@@ -78,7 +87,14 @@ FALLBACK_CHAT_TEMPLATE = (
 
 # the metrics a fine-tuning measurement reports (defined with the others in metrics.py)
 FINETUNE_METRICS: tuple[Metric, ...] = tuple(
-    METRICS[name] for name in ("iterations_per_s", "trained_tps", "peak_memory")
+    METRICS[name]
+    for name in (
+        "iterations_per_s",
+        "trained_tps",
+        "peak_memory",
+        "process_peak_memory",
+        "memory_growth",
+    )
 )
 
 
@@ -106,17 +122,29 @@ class FinetuneSample:
     active_memory: int
     trainable_parameters: int
     lora_layers: int
+    resident: list[int] = field(default_factory=list)  # process memory after each iteration
+    process_peak_memory: int | None = None
+    swap: int | None = None
 
 
 def derive_finetune_metrics(sample: FinetuneSample) -> dict[str, float]:
     """The metrics of one repetition, from its timestamps (see the module docstring)."""
     warm = sample.warmup_iterations
     window = sample.t_iterations[-1] - sample.t_iterations[warm - 1]
-    return {
+    metrics = {
         "iterations_per_s": (len(sample.t_iterations) - warm) / window,
         "trained_tps": sum(sample.trained_tokens[warm:]) / window,
         "peak_memory": float(sample.peak_memory),
     }
+    if sample.process_peak_memory is not None:
+        metrics["process_peak_memory"] = float(sample.process_peak_memory)
+    points = sample.resident[warm - 1 :]
+    if len(points) >= 2:
+        slope, _ = statistics.linear_regression(range(len(points)), points)
+        metrics["memory_growth"] = slope / points[0]
+    if sample.swap:
+        metrics["swap_memory"] = float(sample.swap)
+    return metrics
 
 
 # --------------------------------------------------------------------------- dataset
@@ -250,9 +278,11 @@ class _Recorder:
         self.trained: list[int] = []
         self.step_seconds: list[float] = []
         self.losses: list[float] = []
+        self.resident: list[int] = []
 
     def on_train_loss_report(self, info: dict[str, Any]) -> None:
         self.stamps.append(time.perf_counter())
+        self.resident.append(memory.usage()[0])
         self.trained.append(int(info["trained_tokens"]))
         self.step_seconds.append(1.0 / float(info["iterations_per_second"]))
         self.losses.append(float(info["train_loss"]))
@@ -329,6 +359,7 @@ def run_finetune(
         mx.random.seed(workload.seed)
         active = mlx_memory.active(mx)
         mlx_memory.reset_peak(mx)
+        memory.reset_peak()
         t_start = time.perf_counter()
         model.freeze()
         linear_to_lora_layers(
@@ -349,6 +380,7 @@ def run_finetune(
             )
         t_end = time.perf_counter()
         peak = mlx_memory.peak(mx)
+        process_peak = memory.peak()
     if len(recorder.stamps) != total or len(shapes) != total:
         raise MeasurementError(
             f"mlx-lm's trainer reported {len(recorder.stamps)} iterations on {len(shapes)} "
@@ -374,6 +406,9 @@ def run_finetune(
         active_memory=active,
         trainable_parameters=int(trainable),
         lora_layers=n_layers if workload.num_layers == -1 else min(workload.num_layers, n_layers),
+        resident=recorder.resident,
+        process_peak_memory=process_peak,
+        swap=memory.usage()[1],
     )
 
 
@@ -400,12 +435,20 @@ def measure_finetune(
     warmup: int = 1,
     repetitions: int = 3,
     identity: dict[str, Any] | None = None,
+    progress: ProgressFn | None = None,
 ) -> Measurement:
     """``warmup`` untimed repetitions, then ``repetitions`` timed ones, each a fresh LoRA run
     (``run_finetune``), as the project's ``Measurement`` (backend "mlx"; ``identity`` is the
-    model's, e.g. ``MLXModel.identity``, else a small one made from the model)."""
+    model's, e.g. ``MLXModel.identity``, else a small one made from the model); ``progress``
+    hears of each repetition."""
+
+    def account(sample: FinetuneSample) -> tuple[int, str]:
+        metrics = derive_finetune_metrics(sample)
+        rate = f"{metrics['iterations_per_s']:.2f} it/s, {metrics['trained_tps']:.1f} trained tok/s"
+        return sum(sample.trained_tokens), rate
+
     raws, wall_time = Repetitions(warmup, repetitions).run(
-        lambda: run_finetune(model, tokenizer, workload)
+        lambda: run_finetune(model, tokenizer, workload), progress, account
     )
     per_rep = [derive_finetune_metrics(raw) for raw in raws]
     return Measurement(

@@ -2,25 +2,35 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
-from pytest_mlxperf.backends import BackendError, BackendUnavailable, LoadedModel
+from pytest_mlxperf import pytest_benchmark_bridge as bridge
+from pytest_mlxperf.backends import BackendUnavailable, LoadedModel
 from pytest_mlxperf.baseline import BaselineError
 from pytest_mlxperf.config import Settings, SettingsError, with_marker
-from pytest_mlxperf.measure import MeasurementError
 from pytest_mlxperf.session import PerfResult, PerfSession
+from pytest_mlxperf.worker import USER_ERRORS
 from pytest_mlxperf.workload import Workload
 
 DEFAULT_MODEL = "synth:tiny"
 # errors whose message says all a user needs: shown without the plugin's traceback
-CLEAR_ERRORS = (BackendError, BaselineError, MeasurementError, ValueError)
+CLEAR_ERRORS = (*USER_ERRORS, BaselineError)
 SESSION_KEY = pytest.StashKey[PerfSession]()
 RESULTS_KEY = pytest.StashKey[list[PerfResult]]()
 SETTINGS_KEY = pytest.StashKey[Settings]()
+# tests whose pytest-benchmark fixture timed nothing (pytest-benchmark disabled): not gated
+NOT_GATED_KEY = pytest.StashKey[list[str]]()
+
+
+def fail_with_message(exc: BaseException) -> NoReturn:
+    """Fail the test with the error's message alone: no traceback, and without the error being
+    handled as the failure's context (pytest would print the message twice)."""
+    raise pytest.fail.Exception(str(exc), pytrace=False) from None
 
 
 def item_settings(item: pytest.Item) -> Settings:
@@ -57,7 +67,7 @@ class MlxPerf:
         except BackendUnavailable as exc:
             pytest.skip(str(exc))
         except CLEAR_ERRORS as exc:
-            pytest.fail(str(exc), pytrace=False)
+            fail_with_message(exc)
 
     def measure(
         self,
@@ -110,8 +120,10 @@ class MlxPerf:
     def time(
         self, fn: Callable[..., Any], *args: Any, name: str | None = None, **kwargs: Any
     ) -> PerfResult:
-        """Time ``fn(*args, **kwargs)`` end to end (warm-up, then the repetitions) and gate its
-        ``duration`` like any other metric: your own pipeline around a model, with verdicts."""
+        """Time ``fn(*args, **kwargs)`` (warm-up, then the repetitions) and gate its
+        ``duration`` per call like any other metric: your own pipeline around a model, or a
+        function of microseconds, calibrated into rounds of many calls as pytest-benchmark
+        does (``pytest_mlxperf.callables``)."""
         return self._record(
             lambda: self._session.time(self._item.nodeid, fn, args, kwargs, self.settings, name)
         )
@@ -121,9 +133,30 @@ class MlxPerf:
         try:
             result = gate()
         except CLEAR_ERRORS as exc:
-            pytest.fail(str(exc), pytrace=False)
+            fail_with_message(exc)
         self._item.stash.setdefault(RESULTS_KEY, []).append(result)
         return result
+
+
+def gate_benchmark(item: pytest.Item, fixture: Any) -> None:
+    """Gate what pytest-benchmark's ``benchmark`` fixture timed in this test: its rounds become
+    a ``duration`` measurement, judged, stored and reported like any other, and a regression
+    fails the test (``pytest_benchmark_bridge``). A fixture that timed nothing because
+    pytest-benchmark is disabled is listed in the summary instead."""
+    if not bridge.has_rounds(fixture):
+        if fixture.disabled:
+            item.config.stash.setdefault(NOT_GATED_KEY, []).append(item.nodeid)
+        return
+    try:
+        perf = MlxPerf(item)
+    except SettingsError as exc:
+        fail_with_message(exc)
+    blocks = perf.settings.repetitions
+    take, retimable = bridge.take_measurements(fixture, item.nodeid, blocks)
+    settings = perf.settings if retimable else dataclasses.replace(perf.settings, confirm=0)
+    key = bridge.measurement_key(item.nodeid)
+    result = perf._record(lambda: perf._session.gate(item.nodeid, key, take, None, settings))
+    result.notes.insert(0, bridge.timing_note(fixture, blocks))
 
 
 @pytest.fixture
@@ -132,4 +165,4 @@ def mlxperf(request: pytest.FixtureRequest) -> MlxPerf:
     try:
         return MlxPerf(request.node)
     except SettingsError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        fail_with_message(exc)

@@ -1,6 +1,7 @@
 """Judging one measurement against its baseline entry: identity first (machine, model,
 workload must match, or the verdict is "not comparable"), then every metric's statistics
-(``verdicts.compare_metric``), then what else changed (the greedy output).
+(``verdicts.compare_metric``), then what else changed (the greedy output, the machine's speed
+as its canary measures it).
 
 A pure function of its inputs: the session reads the baseline and takes the measurement, this
 decides. Nothing here imports pytest.
@@ -11,8 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from pytest_mlxperf.baseline import pooled_samples
+from pytest_mlxperf.canary import canary_shifts, describe_shift, pooled_canary
 from pytest_mlxperf.config import Settings
 from pytest_mlxperf.identity import differences, measurement_differences
+from pytest_mlxperf.machine import missing_cpu_detail
 from pytest_mlxperf.measure import Measurement
 from pytest_mlxperf.metrics import METRICS
 from pytest_mlxperf.results import PerfResult
@@ -36,11 +39,7 @@ def judge(
     if entry is None:
         if others:
             result.verdict = Verdict.NOT_COMPARABLE
-            result.notes.append(
-                "baseline recorded on other machine(s) only; "
-                + "; ".join(differences(others[0]["machine"], machine, "machine."))
-                + " (name equivalent machines with --mlxperf-machine)"
-            )
+            result.notes.append(_other_machines_note(others, machine))
         else:
             result.verdict = Verdict.NEW
             result.notes.append("no baseline yet: record one with --mlxperf-save-baselines")
@@ -77,4 +76,31 @@ def judge(
         if name in baseline
     ]
     result.verdict = overall([c.verdict for c in result.comparisons])
+    shifts = canary_shifts(pooled_canary(entry["runs"]), result.canary, alpha=settings.alpha)
+    if shifts:
+        # the comparisons stay in the result, so the numbers are still there to see
+        result.verdict = Verdict.NOT_COMPARABLE
+        result.notes.append(
+            "machine speed changed: "
+            + "; ".join(describe_shift(s) for s in shifts)
+            + ": these numbers reflect the machine, not the code; re-record the baseline "
+            "(--mlxperf-save-baselines) or use a quiet machine"
+        )
     return result
+
+
+def _other_machines_note(others: list[dict[str, Any]], current: dict[str, Any]) -> str:
+    """Why baselines recorded on other machines are not used: how the machines differ, and
+    whether the baseline's fingerprint is an older one that could not tell CPUs apart."""
+    older = [o["machine"] for o in others if missing_cpu_detail(o["machine"], current)]
+    recorded = older[0] if older else others[0]["machine"]
+    note = "baseline recorded on other machine(s) only; " + "; ".join(
+        differences(recorded, current, "machine.")
+    )
+    if older:
+        missing = "/".join(missing_cpu_detail(recorded, current))
+        return (
+            f"{note}; it was recorded with an older fingerprint that did not tell CPU models "
+            f"apart (no {missing}): re-record it on this machine with --mlxperf-save-baselines"
+        )
+    return note + " (name equivalent machines with --mlxperf-machine)"

@@ -12,10 +12,53 @@ import json
 import os
 import platform
 import subprocess
+from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
 from typing import Any
 
 from pytest_mlxperf.packages import PACKAGES
+
+# What a fingerprint says about the CPU beyond its name, per system. The name alone does not
+# tell machines apart: a VM may show only "AMD EPYC" for CPUs of different generations that
+# run the same suite 2-3x apart and compute different greedy tokens. Fingerprints written
+# before these fields existed lack them (``missing_cpu_detail``).
+CPU_DETAIL = {
+    "Linux": ("cpu_family", "cpu_model_id", "cpu_stepping", "isa"),
+    "Darwin": ("hw_model",),
+}
+# Flags (x86 ``flags``, Arm ``Features``) that name instruction-set extensions compute kernels
+# dispatch on. Flags the kernel or hypervisor synthesizes (mitigations such as ``ssbd`` or
+# ``ibpb``, ``hypervisor``, ``cpuid``) are left out: a kernel or microcode update changes them
+# on the same CPU, and would orphan every baseline.
+ISA_FLAG_PREFIXES = (
+    "3dnow",
+    "abm",
+    "adx",
+    "aes",
+    "amx",
+    "asimd",
+    "avx",
+    "bf16",
+    "bmi",
+    "f16c",
+    "fma",
+    "fp",
+    "gfni",
+    "i8mm",
+    "mmx",
+    "movbe",
+    "pclmul",
+    "pmull",
+    "pni",  # SSE3, as Linux names it
+    "popcnt",
+    "sha",
+    "sse",
+    "ssse3",
+    "sve",
+    "vaes",
+    "vpclmul",
+    "xop",
+)
 
 
 def _cpu_model_linux(cpuinfo: str) -> str:
@@ -34,16 +77,57 @@ def _sysctl(name: str) -> str:
     return out.stdout.strip()
 
 
-def cpu_model(system: str | None = None) -> str:
-    """The CPU (on Apple Silicon: the chip, e.g. "Apple M2 Pro")."""
-    system = system or platform.system()
+def isa_digest(flags: Iterable[str]) -> str | None:
+    """12 hex digits of a hash of the CPU's instruction-set flags (``ISA_FLAG_PREFIXES``),
+    sorted: CPUs that differ in e.g. AVX-512 or ``avx512_vp2intersect`` get different
+    digests. ``None`` when there are none."""
+    isa = sorted({f for f in flags if f.startswith(ISA_FLAG_PREFIXES)})
+    return hashlib.sha256(" ".join(isa).encode()).hexdigest()[:12] if isa else None
+
+
+def linux_cpu_detail(cpuinfo: str) -> dict[str, Any]:
+    """Family, model number, stepping and ISA digest of the first processor in the text of
+    ``/proc/cpuinfo`` (x86 names; Arm's implementer, part, revision and features stand in)."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+
+    def first(*keys: str) -> str | None:
+        return next((fields[k] for k in keys if k in fields), None)
+
+    return {
+        "cpu_family": first("cpu family", "CPU implementer"),
+        "cpu_model_id": first("model", "CPU part"),
+        "cpu_stepping": first("stepping", "CPU revision"),
+        "isa": isa_digest((first("flags", "Features") or "").split()),
+    }
+
+
+def cpu_fields(
+    system: str, cpuinfo: str = "", sysctl: Callable[[str], str] = _sysctl
+) -> dict[str, Any]:
+    """The CPU's part of the fingerprint on ``system``: ``cpu`` (the model name; on Apple
+    Silicon the chip, e.g. "Apple M2 Pro") and the detail of ``CPU_DETAIL``. The platform's
+    facts are arguments: ``cpuinfo`` the text of ``/proc/cpuinfo``, ``sysctl`` a reader of
+    macOS's ``sysctl -n NAME``."""
     if system == "Darwin":
-        return _sysctl("machdep.cpu.brand_string") or platform.machine()
+        return {
+            "cpu": sysctl("machdep.cpu.brand_string") or platform.machine(),
+            "hw_model": sysctl("hw.model") or None,
+        }
+    cpu = {"cpu": _cpu_model_linux(cpuinfo)}
+    return {**cpu, **linux_cpu_detail(cpuinfo)} if system == "Linux" else cpu
+
+
+def read_cpuinfo() -> str:
+    """The text of ``/proc/cpuinfo``; empty where there is none."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return _cpu_model_linux(f.read())
+            return f.read()
     except OSError:
-        return platform.processor() or platform.machine()
+        return ""
 
 
 def total_memory() -> int:
@@ -53,21 +137,39 @@ def total_memory() -> int:
     return int(psutil.virtual_memory().total)
 
 
-def fingerprint(override: str | None = None) -> dict[str, Any]:
+def fingerprint(
+    override: str | None = None, *, system: str | None = None, cpuinfo: str | None = None
+) -> dict[str, Any]:
     """What must match for two results to be comparable. ``override`` (``--mlxperf-machine``)
-    names a machine explicitly, for machines known to be equivalent (e.g. a CI runner pool)."""
+    names a machine explicitly, for machines known to be equivalent (e.g. a CI runner pool).
+    ``system`` and ``cpuinfo`` default to this machine's (given in tests)."""
     if override:
         return {"name": override}
-    release = platform.mac_ver()[0] if platform.system() == "Darwin" else platform.release()
+    system = system or platform.system()
+    if cpuinfo is None:
+        cpuinfo = read_cpuinfo() if system == "Linux" else ""
+    release = platform.mac_ver()[0] if system == "Darwin" else platform.release()
     return {
-        "system": platform.system(),
+        "system": system,
         "os_major": release.split(".")[0],
         "arch": platform.machine(),
-        "cpu": cpu_model(),
+        **cpu_fields(system, cpuinfo),
         "cores": os.cpu_count(),
         # rounded to GiB: the kernel reserves a slightly different amount from boot to boot
         "memory_gib": round(total_memory() / 2**30),
     }
+
+
+def missing_cpu_detail(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """The CPU detail fields ``current`` has and ``recorded`` lacks: ``recorded`` was written
+    with an older fingerprint that did not tell CPU models apart. Empty for named machines."""
+    if "name" in recorded or "name" in current:
+        return []
+    return [
+        key
+        for key in CPU_DETAIL.get(str(current.get("system")), ())
+        if key in current and key not in recorded
+    ]
 
 
 def machine_id(fp: dict[str, Any]) -> str:

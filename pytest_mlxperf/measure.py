@@ -7,7 +7,15 @@ Definitions (per repetition):
 - ``prompt_tps`` = prompt tokens / ``ttft`` (mlx-lm's convention);
 - ``generation_tps`` = (generated - 1) / (t_last - t_first): steady decode, the first token
   (which belongs to the prefill) excluded;
-- ``peak_memory`` = the backend's peak for that repetition alone (reset before it).
+- ``peak_memory`` = the backend's peak for that repetition alone (reset before it);
+  ``process_peak_memory`` = the process's, where the backend's figure is another (MLX);
+- ``memory_growth`` = (resident memory after the repetition - after the one before) / resident
+  memory before the first timed repetition: a leak makes every repetition's sample positive
+  even when each peak is within its tolerance. One sample per repetition (not one slope per
+  measurement), so that it is judged like any other metric; its median is robust to a single
+  one-off allocation. Its baseline sits near zero, so its tolerance is a difference, not a
+  ratio (``Metric.absolute``);
+- ``swap_memory`` = the process's memory swapped out after the repetition, only where any was.
 """
 
 from __future__ import annotations
@@ -15,12 +23,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pytest_mlxperf.backends.base import LoadedModel, Measurement, RawSample
+from pytest_mlxperf.progress import Progress, ProgressFn
 from pytest_mlxperf.workload import Workload
 
 T = TypeVar("T")
@@ -48,17 +57,36 @@ class Repetitions:
         if self.cooldown < 0:
             raise ValueError(f"cooldown must be >= 0 (got {self.cooldown})")
 
-    def run(self, once: Callable[[], T]) -> tuple[list[T], float]:
+    def run(
+        self,
+        once: Callable[[], T],
+        progress: ProgressFn | None = None,
+        account: Callable[[T], tuple[int, str]] | None = None,
+    ) -> tuple[list[T], float]:
         """What the timed calls of ``once`` returned, and the wall time of all calls (warm-up
-        and cooldown included)."""
+        and cooldown included). ``progress`` hears of every call starting and ending; for a
+        finished one, ``account`` says how many tokens it processed and how fast."""
         t0 = time.perf_counter()
-        for _ in range(self.warmup):
-            once()
+        tokens = 0
+
+        def step(phase: str, index: int, total: int) -> T:
+            nonlocal tokens
+            if progress is None:
+                return once()
+            progress(Progress(phase, index, total, finished=False))
+            result = once()
+            done, rate = account(result) if account is not None else (0, "")
+            tokens += done
+            progress(Progress(phase, index, total, finished=True, tokens=tokens, rate=rate))
+            return result
+
+        for i in range(self.warmup):
+            step("warm-up", i + 1, self.warmup)
         results = []
         for i in range(self.repetitions):
             if self.cooldown and i:
                 time.sleep(self.cooldown)
-            results.append(once())
+            results.append(step("repetition", i + 1, self.repetitions))
         return results, time.perf_counter() - t0
 
 
@@ -66,12 +94,34 @@ def derive_metrics(raw: RawSample, prompt_tokens: int) -> dict[str, float]:
     """The metrics of one repetition, from its timestamps."""
     ttft = raw.t_tokens[0] - raw.t_start
     decode = raw.t_tokens[-1] - raw.t_tokens[0]
-    return {
+    metrics = {
         "prompt_tps": prompt_tokens / ttft,
         "generation_tps": (raw.generated - 1) / decode,
         "ttft": ttft,
         "peak_memory": float(raw.peak_memory),
     }
+    if raw.process_peak_memory is not None:
+        metrics["process_peak_memory"] = float(raw.process_peak_memory)
+    return metrics
+
+
+# (resident before, resident after, swapped out after) of one repetition, in bytes
+MemoryReading = tuple[int, int, int | None]
+
+
+def memory_samples(readings: Sequence[MemoryReading]) -> dict[str, list[float]]:
+    """``memory_growth`` of each repetition (see the module docstring), and ``swap_memory``
+    where the process had any memory swapped out."""
+    reference = readings[0][0]
+    previous = reference
+    growth = []
+    for _, end, _ in readings:
+        growth.append((end - previous) / reference)
+        previous = end
+    samples = {"memory_growth": growth}
+    if any(swap for _, _, swap in readings):
+        samples["swap_memory"] = [float(swap or 0) for _, _, swap in readings]
+    return samples
 
 
 def output_fingerprint(tokens: list[int]) -> str:
@@ -106,14 +156,16 @@ def measure(
     warmup: int = 1,
     repetitions: int = 5,
     cooldown: float = 0.0,
+    progress: ProgressFn | None = None,
 ) -> Measurement:
     """Run ``warmup`` untimed repetitions of the same shape, then ``repetitions`` timed ones
-    (each on a fresh KV cache), and derive the metric samples."""
+    (each on a fresh KV cache), and derive the metric samples; ``progress`` hears of each."""
     protocol = Repetitions(warmup, repetitions, cooldown)
     model.check_workload(workload)
     context, prompt = make_prompt(model, workload)
 
     def once() -> RawSample:
+        start, _ = model.memory_usage()
         raw = model.run(prompt, context, workload)
         if raw.generated != workload.generation_tokens:
             raise MeasurementError(
@@ -121,11 +173,22 @@ def measure(
                 f"{workload.generation_tokens} were requested: a speed figure from a different "
                 "amount of work would be false"
             )
+        raw.resident_start = start
+        raw.resident_end, raw.swap = model.memory_usage()
         return raw
 
-    raws, wall_time = protocol.run(once)
+    def account(raw: RawSample) -> tuple[int, str]:
+        metrics = derive_metrics(raw, len(prompt))
+        rate = (
+            f"prompt {metrics['prompt_tps']:.1f} tok/s, "
+            f"generation {metrics['generation_tps']:.1f} tok/s"
+        )
+        return len(prompt) + raw.generated, rate
+
+    raws, wall_time = protocol.run(once, progress, account)
     per_rep = [derive_metrics(raw, len(prompt)) for raw in raws]
     samples = {name: [rep[name] for rep in per_rep] for name in per_rep[0]}
+    samples.update(memory_samples([(r.resident_start, r.resident_end, r.swap) for r in raws]))
     return Measurement(
         fingerprint=output_fingerprint(raws[0].tokens) if workload.temp == 0 else None,
         backend=model.backend,
@@ -133,51 +196,6 @@ def measure(
         workload=workload,
         samples=samples,
         raw=raws,
-        warmup=warmup,
-        wall_time=wall_time,
-    )
-
-
-@dataclass(frozen=True)
-class CallableWorkload:
-    """A user's own callable (a whole pipeline that uses a model) as a workload. Its identity
-    is its name: give the measurement a new name when what it does changes."""
-
-    name: str
-
-    @property
-    def label(self) -> str:
-        return f"call:{self.name}"
-
-    def identity(self) -> dict[str, Any]:
-        return {"callable": self.name}
-
-
-def time_callable(
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    name: str,
-    *,
-    warmup: int = 1,
-    repetitions: int = 5,
-    cooldown: float = 0.0,
-) -> Measurement:
-    """Call ``fn`` ``warmup`` times untimed, then ``repetitions`` times timed: the ``duration``
-    metric, end to end, as pytest-benchmark's fixture times a callable."""
-
-    def once() -> float:
-        start = time.perf_counter()
-        fn(*args, **kwargs)
-        return time.perf_counter() - start
-
-    durations, wall_time = Repetitions(warmup, repetitions, cooldown).run(once)
-    return Measurement(
-        backend="callable",
-        model={"name": name},
-        workload=CallableWorkload(name),
-        samples={"duration": durations},
-        raw=[],
         warmup=warmup,
         wall_time=wall_time,
     )

@@ -1,9 +1,11 @@
-"""Process-level peak memory of the current process, and whether it can be reset.
+"""Process-level memory of the current process: its peak (and whether that can be reset), and
+what it uses now (resident and swapped out).
 
-Linux: ``VmHWM`` from ``/proc/self/status``, reset by writing ``5`` to ``/proc/self/clear_refs``.
-macOS: the lifetime maximum *physical footprint* (``proc_pid_rusage``, ``rusage_info_v4``), which
-counts Metal buffers that RSS does not. It cannot be reset, so on macOS the session gives each
-measurement a fresh worker process (``resettable() is False``).
+Linux: ``VmHWM`` from ``/proc/self/status``, reset by writing ``5`` to ``/proc/self/clear_refs``;
+now: ``VmRSS`` and ``VmSwap``. macOS: the lifetime maximum *physical footprint*
+(``proc_pid_rusage``, ``rusage_info_v4``), which counts Metal buffers that RSS does not; now: the
+current physical footprint (macOS reports no swap per process). The peak cannot be reset there,
+so on macOS the session gives each measurement a fresh worker process (``resettable() is False``).
 
 The platform is an argument everywhere, so both paths are tested on either system.
 """
@@ -16,11 +18,14 @@ import sys
 from pathlib import Path
 
 _HWM = re.compile(r"^VmHWM:\s+(\d+)\s+kB", re.MULTILINE)
+_RSS = re.compile(r"^VmRSS:\s+(\d+)\s+kB", re.MULTILINE)
+_SWAP = re.compile(r"^VmSwap:\s+(\d+)\s+kB", re.MULTILINE)
 # rusage_info_v4 (<sys/resource.h>): a 16-byte uuid, then 35 uint64 fields: 18 of v2, 9 added
 # by v3, then ri_logical_writes and ri_lifetime_max_phys_footprint (index 28) of v4
 RUSAGE_INFO_V4 = 4
 _V4_FIELDS = 35
 _LIFETIME_MAX_FOOTPRINT = 28
+_PHYS_FOOTPRINT = 7
 
 
 def parse_vmhwm(status: str) -> int:
@@ -31,10 +36,20 @@ def parse_vmhwm(status: str) -> int:
     return int(match.group(1)) * 1024
 
 
-def parse_rusage_v4(buffer: bytes) -> int:
-    """``ri_lifetime_max_phys_footprint`` (bytes) of a raw ``rusage_info_v4`` struct."""
+def parse_vm_usage(status: str) -> tuple[int, int | None]:
+    """(resident, swapped out) bytes of a ``/proc/<pid>/status`` text (``VmRSS``, ``VmSwap``;
+    swap ``None`` where the kernel does not report it)."""
+    rss, swap = _RSS.search(status), _SWAP.search(status)
+    if rss is None:
+        raise ValueError("no VmRSS line in /proc status")
+    return int(rss.group(1)) * 1024, None if swap is None else int(swap.group(1)) * 1024
+
+
+def parse_rusage_v4(buffer: bytes, field: int = _LIFETIME_MAX_FOOTPRINT) -> int:
+    """A field (bytes) of a raw ``rusage_info_v4`` struct: ``ri_lifetime_max_phys_footprint``
+    unless another index is given (``_PHYS_FOOTPRINT``: the current one)."""
     fields = struct.unpack_from(f"=16s{_V4_FIELDS}Q", buffer)
-    return int(fields[1 + _LIFETIME_MAX_FOOTPRINT])
+    return int(fields[1 + field])
 
 
 def _macos_rusage_v4() -> bytes:
@@ -73,3 +88,16 @@ def peak(system: str = sys.platform) -> int:
     import resource
 
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def usage(system: str = sys.platform) -> tuple[int, int | None]:
+    """(resident, swapped out) bytes of this process now; swap ``None`` where the OS does not
+    report it per process. Resident is what a leak makes grow: RSS on Linux, the physical
+    footprint on macOS (Metal buffers included)."""
+    if system.startswith("linux"):
+        return parse_vm_usage(Path("/proc/self/status").read_text())
+    if system == "darwin":
+        return parse_rusage_v4(_macos_rusage_v4(), _PHYS_FOOTPRINT), None
+    import psutil
+
+    return int(psutil.Process().memory_info().rss), None

@@ -1,7 +1,9 @@
 """The metrics pytest-mlxperf measures: names, units, directions and default tolerances.
 
 A metric's direction is data: every comparison asks ``Metric.higher_is_better`` instead of
-branching on the metric's name.
+branching on the metric's name. So is the kind of its tolerance: a ratio of the baseline for
+most, a difference (``Metric.absolute``) for a metric whose baseline sits near zero, where a
+ratio means nothing (memory growth: a baseline of 0.001% and a current 0.002% are "+100%").
 """
 
 from __future__ import annotations
@@ -22,29 +24,46 @@ class Metric:
     gated: bool
     description: str
     label: str  # column heading in tables
+    # the tolerance is a difference in the metric's own unit (not a ratio of the baseline), and
+    # values may be negative: for metrics whose baseline sits near zero
+    absolute: bool = False
 
     def display_unit(self, largest: float) -> tuple[float, str]:
         """(factor, unit) for showing values up to ``largest``: memory in GB (1e9 bytes, like
         mlx-lm) from 1 GB and in MB below, so small models' differences stay visible; seconds
-        in ms below one second."""
+        in ms below one second, in us below a millisecond and in ns below a microsecond (a
+        fast callable's duration)."""
         if self.unit == "bytes":
             return (1e-9, "GB") if largest >= 1e9 else (1e-6, "MB")
         if self.unit == "s":
-            return (1.0, "s") if largest >= 1 else (1e3, "ms")
+            steps = ((1.0, "s"), (1e3, "ms"), (1e6, "us"))
+            return next(((f, u) for f, u in steps if largest * f >= 1), (1e9, "ns"))
+        if self.unit == "fraction":
+            return 100.0, "%"
         return 1.0, self.unit
 
     def format(self, value: float) -> str:
         """Render a value in the metric's display unit."""
-        factor, unit = self.display_unit(value)
-        decimals = 3 if unit == "GB" else 2 if unit == "s" else 1
+        factor, unit = self.display_unit(abs(value))
+        decimals = 3 if unit == "GB" else 2 if unit in ("s", "%") else 1
         return f"{value * factor:.{decimals}f} {unit}"
 
+    def change(self, baseline: float, current: float) -> float:
+        """The change the tolerance is compared with: relative to the baseline, or the
+        difference for an ``absolute`` metric."""
+        if self.absolute:
+            return current - baseline
+        return (current - baseline) / baseline if baseline else 0.0
+
     def worse_change(self, baseline: float, current: float) -> float:
-        """Relative change in the *worse* direction: positive means ``current`` is worse."""
-        if baseline == 0:
-            return 0.0
-        change = (current - baseline) / baseline
+        """``change`` in the *worse* direction: positive means ``current`` is worse."""
+        change = self.change(baseline, current)
         return -change if self.higher_is_better else change
+
+    def moved(self, values: list[float], by: float) -> list[float]:
+        """``values`` moved by ``by`` tolerances: scaled by ``1 + by``, or ``by`` added for an
+        ``absolute`` metric (the null hypothesis of a one-sided test beyond the tolerance)."""
+        return [v + by for v in values] if self.absolute else [v * (1 + by) for v in values]
 
 
 METRICS: dict[str, Metric] = {
@@ -85,6 +104,41 @@ METRICS: dict[str, Metric] = {
             True,
             "peak memory of one repetition (MLX allocator peak; llama.cpp: process VmHWM)",
             "peak mem",
+        ),
+        Metric(
+            "process_peak_memory",
+            "bytes",
+            False,
+            0.05,
+            True,
+            "peak memory of the measuring process in one repetition, alike for every backend "
+            "(Linux VmHWM, macOS lifetime max physical footprint): for MLX what its allocator "
+            "peak misses (the buffer cache, the Python heap, anything else the process holds); "
+            "for llama.cpp the same figure as its peak_memory",
+            "process peak",
+        ),
+        Metric(
+            "memory_growth",
+            "fraction",
+            False,
+            0.01,
+            True,
+            "growth of the measuring process's resident memory (Linux VmRSS, macOS physical "
+            "footprint) per repetition (fine-tuning: per iteration, a least-squares slope), as "
+            "a fraction of its resident memory at the start; the tolerance is a difference "
+            "(1% = one percentage point more growth per step than the baseline's)",
+            "mem growth",
+            absolute=True,
+        ),
+        Metric(
+            "swap_memory",
+            "bytes",
+            False,
+            0.05,
+            False,
+            "memory of the measuring process swapped out at the end of a repetition (Linux "
+            "VmSwap); recorded only when there was any (reported, not gated)",
+            "swap",
         ),
         Metric(
             "iterations_per_s",
@@ -140,7 +194,8 @@ def sample_problem(samples: Any, *, known_only: bool) -> str | None:
     """What is wrong with a ``{metric: [values]}`` mapping read from a file, or ``None``: each
     list non-empty, each value a finite number >= 0, and (``known_only``) each metric known.
     Baseline files tolerate metrics this version does not know (a newer version wrote them);
-    results files, which are judged metric by metric, do not."""
+    results files, which are judged metric by metric, do not. An ``absolute`` metric (memory
+    growth) may be negative."""
     if not isinstance(samples, dict):
         return "samples must be a JSON object"
     for name, values in samples.items():
@@ -151,6 +206,7 @@ def sample_problem(samples: Any, *, known_only: bool) -> str | None:
         for value in values:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 return f"sample {value!r} of {name!r} is not a number"
-            if not math.isfinite(value) or value < 0:
+            signed = name in METRICS and METRICS[name].absolute
+            if not math.isfinite(value) or (value < 0 and not signed):
                 return f"sample {value!r} of {name!r} is not a finite number >= 0"
     return None

@@ -13,8 +13,17 @@ from typing import Any
 import pytest
 
 from pytest_mlxperf.config import MARKER_HELP, SettingsError, resolve
-from pytest_mlxperf.fixtures import RESULTS_KEY, SESSION_KEY, item_settings, mlxperf
+from pytest_mlxperf.fixtures import (
+    NOT_GATED_KEY,
+    RESULTS_KEY,
+    SESSION_KEY,
+    gate_benchmark,
+    item_settings,
+    mlxperf,
+)
 from pytest_mlxperf.options import OPTIONS, argparse_type
+from pytest_mlxperf.progress import TerminalProgress
+from pytest_mlxperf.pytest_benchmark_bridge import benchmark_fixture, gate_summary, record_calls
 from pytest_mlxperf.render.text import backend_table, table
 from pytest_mlxperf.results import results_document, write_json
 from pytest_mlxperf.session import PerfSession
@@ -66,10 +75,26 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_KEY] = PerfSession(settings, Path(config.rootpath))
 
 
-def _is_perf(item: pytest.Item) -> bool:
-    return item.get_closest_marker("mlxperf") is not None or "mlxperf" in getattr(
-        item, "fixturenames", ()
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Show the progress of measurements on the terminal: not under ``-q``, nor from xdist
+    workers, whose output nobody sees."""
+    config = session.config
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or config.get_verbosity() < 0 or hasattr(config, "workerinput"):
+        return
+    config.stash[SESSION_KEY].progress = TerminalProgress(
+        reporter,
+        config.pluginmanager.get_plugin("capturemanager"),
+        live=bool(reporter.isatty),
+        verbose=config.get_verbosity() > 0,
     )
+
+
+def _is_perf(item: pytest.Item) -> bool:
+    # a pytest-benchmark test runs without --mlxperf too; the marker only sets its tolerances
+    names = getattr(item, "fixturenames", ())
+    marked = item.get_closest_marker("mlxperf") is not None and "benchmark" not in names
+    return marked or "mlxperf" in names
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -91,6 +116,20 @@ def _failing(item: pytest.Item) -> list[str]:
         for r in results
         if r.verdict is Verdict.REGRESSION or (settings.strict and r.verdict in STRICT_FAILURES)
     ]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """Under --mlxperf, gate what pytest-benchmark's ``benchmark`` fixture timed in the test."""
+    fixture = None
+    if item.config.stash[SESSION_KEY].settings.enabled:
+        fixture = benchmark_fixture(getattr(item, "funcargs", {}))
+    if fixture is not None:
+        record_calls(fixture)
+    outcome = yield
+    if fixture is not None:
+        gate_benchmark(item, fixture)
+    return outcome
 
 
 @pytest.hookimpl(wrapper=True)
@@ -128,10 +167,18 @@ def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
     perf = config.stash[SESSION_KEY]
-    if not perf.records:
+    benchmarks = gate_summary(
+        perf.records,
+        config.stash.get(NOT_GATED_KEY, []),
+        config.getoption("benchmark_compare_fail", None),
+    )
+    if not perf.records and not benchmarks:
         return
     write = terminalreporter.write_line
     terminalreporter.write_sep("=", "mlxperf results")
+    if not perf.records:
+        write("\n".join(benchmarks))
+        return
     write(f"machine: {perf.machine_id} {perf.fingerprint}")
     write(table(perf.records))
     side_by_side = backend_table(perf.records)
@@ -156,6 +203,8 @@ def pytest_terminal_summary(
     new = sum(r["verdict"] == Verdict.NEW.value and not r["saved"] for r in perf.records)
     if new:
         write(f"{new} measurement(s) without a baseline: record them with --mlxperf-save-baselines")
+    if benchmarks:
+        write("\n".join(benchmarks))
     if perf.settings.json:
         write(f"results written to {perf.settings.json}")
 

@@ -22,6 +22,8 @@ from pytest_mlxperf.files import JSONFileError, atomic_write, read_json
 from pytest_mlxperf.measure import Measurement
 from pytest_mlxperf.metrics import METRICS, sample_problem
 from pytest_mlxperf.packages import sorted_packages, versions_label, versions_line
+from pytest_mlxperf.pytest_benchmark_bridge import is_pytest_benchmark_document
+from pytest_mlxperf.pytest_benchmark_bridge import results_document as pytest_benchmark_results
 from pytest_mlxperf.verdicts import MetricComparison, Verdict
 
 # One measurement's record in a results file (``PerfResult.to_json()``).
@@ -61,6 +63,8 @@ class PerfResult:
     saved: bool = False
     # the tolerance this test applies to each gated metric (marker > CLI > env > ini > default)
     tolerances: dict[str, float] = field(default_factory=dict)
+    # the machine speed canary of the session (``canary.run_canary``): seconds per trial
+    canary: dict[str, list[float]] | None = None
 
     @property
     def samples(self) -> dict[str, list[float]]:
@@ -144,6 +148,7 @@ class PerfResult:
             "provenance": self.provenance,
             "saved": self.saved,
             "tolerances": self.tolerances,
+            "canary": self.canary,
         }
 
 
@@ -215,7 +220,9 @@ def _check_record(path: Path, index: int, record: Any) -> Record:
 
 
 def load_results(path: Path | str) -> ResultsFile:
-    """Read and validate one results file (``ResultsError`` naming the file otherwise)."""
+    """Read and validate one results file (``ResultsError`` naming the file otherwise): a
+    pytest-mlxperf results file, or a pytest-benchmark JSON file (its benchmarks become
+    ``duration`` records; see ``pytest_benchmark_bridge``)."""
     path = Path(path)
     try:
         data = read_json(path)
@@ -223,6 +230,11 @@ def load_results(path: Path | str) -> ResultsFile:
         raise ResultsError(path, "does not exist") from None
     except JSONFileError as exc:
         raise ResultsError(path, str(exc)) from None
+    if is_pytest_benchmark_document(data):
+        try:
+            data = pytest_benchmark_results(data)
+        except ValueError as exc:
+            raise ResultsError(path, f"pytest-benchmark file: {exc}") from None
     if not isinstance(data, dict) or any(
         not isinstance(data.get(name), kind) for name, kind in DOCUMENT_FIELDS.items()
     ):
@@ -231,7 +243,8 @@ def load_results(path: Path | str) -> ResultsFile:
             path,
             "not a pytest-mlxperf results file (expected the fields "
             f"{', '.join(DOCUMENT_FIELDS)}; found {found or 'nothing'}); "
-            "write one with: pytest --mlxperf --mlxperf-json PATH",
+            "write one with: pytest --mlxperf --mlxperf-json PATH (pytest-benchmark's "
+            "--benchmark-json files are read too)",
         )
     records: dict[tuple[str, str], Record] = {}
     for index, raw in enumerate(data["results"]):

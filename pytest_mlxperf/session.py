@@ -12,9 +12,12 @@ from typing import Any
 
 from pytest_mlxperf import backends, machine, memory
 from pytest_mlxperf.baseline import BaselineStore, new_entry
+from pytest_mlxperf.callables import time_callable
+from pytest_mlxperf.canary import run_canary
 from pytest_mlxperf.config import Settings
 from pytest_mlxperf.judge import judge
-from pytest_mlxperf.measure import Measurement, measure, time_callable
+from pytest_mlxperf.measure import Measurement, measure
+from pytest_mlxperf.progress import MeasurementProgress, ProgressFn, ProgressSink
 from pytest_mlxperf.results import PerfResult
 from pytest_mlxperf.verdicts import Verdict
 from pytest_mlxperf.worker import WorkerModel
@@ -57,6 +60,9 @@ class PerfSession:
         self.results: list[PerfResult] = []  # measured in this process
         self.records: list[dict[str, Any]] = []  # all results of the run, as JSON records
         self.xdist_dir: Path | None = None
+        self.canary: dict[str, list[float]] | None = None  # timed before the first measurement
+        self.progress: ProgressSink | None = None  # where progress is shown (the plugin sets it)
+        self.reporting: ProgressFn | None = None  # the progress of the measurement being taken
 
     @cached_property
     def fingerprint(self) -> dict[str, Any]:
@@ -78,6 +84,10 @@ class PerfSession:
         if isinstance(cached, WorkerModel) and not cached.alive:
             cached.restart()
         if cached is None:
+            if self.progress is not None:
+                self.progress.show(
+                    f"mlxperf loading {backend} model {source!r}", done=False, essential=False
+                )
             cache = Path(self.settings.cache_dir) if self.settings.cache_dir else None
             if self.settings.isolate:
                 backends.check_available(backend)
@@ -124,7 +134,9 @@ class PerfSession:
         return self.gate(
             nodeid,
             _model_key(model, workload, name),
-            lambda: model.finetune(workload, settings.warmup, settings.repetitions),
+            lambda: model.finetune(
+                workload, settings.warmup, settings.repetitions, progress=self.reporting
+            ),
             model.load_time,
             settings,
             _restarter(model),
@@ -173,9 +185,19 @@ class PerfSession:
                 f"{nodeid} measured {key!r} twice; give each measurement its own name= argument"
             )
 
-        def locked_take() -> Measurement:
+        watch = MeasurementProgress(self.progress, nodeid, key) if self.progress else None
+
+        def locked_take(stage: str = "") -> Measurement:
             with measurement_lock():
-                return take()
+                if self.canary is None:
+                    self.canary = run_canary()
+                if watch is not None:
+                    watch.begin(stage)
+                self.reporting = watch
+                try:
+                    return take()
+                finally:
+                    self.reporting = None
 
         result = self.judge(nodeid, key, locked_take(), load_time, settings)
         for attempt in range(1, settings.confirm + 1):
@@ -184,7 +206,8 @@ class PerfSession:
             first = result
             if fresh_process is not None:
                 fresh_process()
-            result = self.judge(nodeid, key, locked_take(), load_time, settings)
+            stage = f"confirmation {attempt}/{settings.confirm}"
+            result = self.judge(nodeid, key, locked_take(stage), load_time, settings)
             if result.verdict is Verdict.REGRESSION:
                 result.notes.append(f"confirmed by re-measurement {attempt} of {settings.confirm}")
             else:
@@ -194,6 +217,8 @@ class PerfSession:
                 )
         if settings.save_baselines:
             self.save(result, settings.baseline_runs)
+        if watch is not None:
+            watch.finish(f"done, {result.verdict.value}")
         self.results.append(result)
         return result
 
@@ -208,6 +233,7 @@ class PerfSession:
             warmup=settings.warmup,
             repetitions=settings.repetitions,
             cooldown=settings.cooldown,
+            progress=self.reporting,
         )
 
     def judge(
@@ -229,6 +255,7 @@ class PerfSession:
             comparisons=[],
             baseline_path=self.store.path_for(nodeid),
             provenance=self.provenance,
+            canary=self.canary,
         )
         return judge(result, entry, others, self.fingerprint, settings)
 
@@ -245,6 +272,7 @@ class PerfSession:
             samples=result.all_samples,
             provenance=self.provenance,
             output_fingerprint=m.fingerprint,
+            canary=result.canary,
         )
         self.store.save(result.nodeid, result.key, self.machine_id, entry, keep_runs)
         result.saved = True

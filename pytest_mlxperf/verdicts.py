@@ -111,12 +111,11 @@ class MetricComparison:
         }
 
 
-def _p_value(current: Sequence[float], baseline: Sequence[float], factor: float, alt: str) -> float:
-    """Mann-Whitney U p-value of ``current`` against ``baseline`` scaled by ``factor``
+def _p_value(current: Sequence[float], shifted: Sequence[float], alt: str) -> float:
+    """Mann-Whitney U p-value of ``current`` against the (moved) baseline ``shifted``
     (``alt``: "less", "greater" or "two-sided")."""
     from scipy.stats import mannwhitneyu
 
-    shifted = [b * factor for b in baseline]
     return float(mannwhitneyu(current, shifted, alternative=alt).pvalue)
 
 
@@ -130,7 +129,7 @@ def compare_metric(
 ) -> MetricComparison:
     """Judge ``current`` samples against ``baseline`` samples for one metric."""
     base, cur = Summary.of(baseline), Summary.of(current)
-    change = (cur.median - base.median) / base.median if base.median else 0.0
+    change = metric.change(base.median, cur.median)
 
     def result(
         verdict: Verdict, p: float | None, note: str = "", noisy: bool = False
@@ -154,21 +153,24 @@ def compare_metric(
         return result(Verdict.PASS, None)
     hib = metric.higher_is_better
     worse_alt = "less" if hib else "greater"
+    baseline = list(baseline)
     # Regression: current significantly worse than the baseline moved by the tolerance.
-    p_reg = _p_value(current, baseline, 1 - tolerance if hib else 1 + tolerance, worse_alt)
+    p_reg = _p_value(current, metric.moved(baseline, -tolerance if hib else tolerance), worse_alt)
     if worse > tolerance and p_reg < alpha:
         return result(Verdict.REGRESSION, p_reg)
     better_alt = "greater" if hib else "less"
-    p_imp = _p_value(current, baseline, 1 + tolerance if hib else 1 - tolerance, better_alt)
+    p_imp = _p_value(current, metric.moved(baseline, tolerance if hib else -tolerance), better_alt)
     if -worse > tolerance and p_imp < alpha:
         return result(Verdict.IMPROVEMENT, p_imp)
     beyond = abs(worse) > tolerance
-    p = (p_reg if worse > 0 else p_imp) if beyond else _p_value(current, baseline, 1.0, "two-sided")
-    noise = max(base.cv, cur.cv)
+    p = (p_reg if worse > 0 else p_imp) if beyond else _p_value(current, baseline, "two-sided")
+    # the spread in the tolerance's own terms: relative (CV), or absolute (stdev)
+    noise = max(base.stdev, cur.stdev) if metric.absolute else max(base.cv, cur.cv)
     notes = ["beyond tolerance but not significant"] if beyond else []
     if noise > tolerance / 2:
         notes.append(
-            f"noisy: samples vary by {noise:.0%} (CV), too much to resolve a {tolerance:.0%} "
+            f"noisy: samples vary by {noise:.0%} ({'stdev' if metric.absolute else 'CV'}), "
+            f"too much to resolve a {tolerance:.0%} "
             "change reliably; add repetitions or quiet the machine"
         )
     return result(Verdict.PASS, p, "; ".join(notes), noisy=noise > tolerance / 2)

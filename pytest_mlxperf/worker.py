@@ -7,7 +7,9 @@ one model alone, not to whatever else the test process loaded before. The cost i
 start and backend import per model and session.
 
 The parent talks to the worker over a ``multiprocessing`` pipe; every timed region runs inside
-the worker, so the pipe adds nothing to a measurement.
+the worker, so the pipe adds nothing to a measurement. A call that runs long (fine-tuning, which
+runs all its repetitions in the worker) sends progress events over the same pipe ahead of its
+answer.
 """
 
 from __future__ import annotations
@@ -22,9 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from pytest_mlxperf.backends.base import BackendError, LoadedModel, Measurement, RawSample
+from pytest_mlxperf.measure import MeasurementError
+from pytest_mlxperf.progress import ProgressFn
 from pytest_mlxperf.workload import FinetuneWorkload, Workload
 
 _POLL = 0.02
+# Errors whose message says all a user needs (a model that does not exist, a bad workload):
+# passed on with the message alone, as they read without isolation. Anything else is a crash
+# of the backend or of this plugin and keeps the worker's traceback.
+USER_ERRORS = (BackendError, MeasurementError, ValueError)
 
 
 class WorkerError(BackendError):
@@ -47,11 +55,12 @@ def _serve(conn: Connection, backend: str, source: str, cache_dir: str | None) -
     """The worker's main loop: load the model, then answer calls until told to stop."""
     from pytest_mlxperf import backends
 
-    def reply(call: Any, *args: Any) -> None:
+    def reply(call: Any, *args: Any, **kwargs: Any) -> None:
         try:
-            conn.send(("ok", call(*args)))
+            conn.send(("ok", call(*args, **kwargs)))
         except BaseException as exc:  # every failure goes back to the parent, with its type
-            conn.send(("error", type(exc).__name__, str(exc), traceback.format_exc()))
+            trace = None if isinstance(exc, USER_ERRORS) else traceback.format_exc()
+            conn.send(("error", type(exc).__name__, str(exc), trace))
 
     model: LoadedModel | None = None
 
@@ -68,13 +77,19 @@ def _serve(conn: Connection, backend: str, source: str, cache_dir: str | None) -
     reply(load)
     while model is not None:
         try:
-            method, args = conn.recv()
+            method, args, *wants_progress = conn.recv()
         except (EOFError, KeyboardInterrupt):
             return
         if method == "close":
             model.close()
             return
-        reply(getattr(model, method), *args)
+        # progress events go to the parent as they happen, ahead of the call's answer
+        kwargs = (
+            {"progress": lambda event: conn.send(("progress", event))}
+            if any(wants_progress)
+            else {}
+        )
+        reply(getattr(model, method), *args, **kwargs)
 
 
 class WorkerModel(LoadedModel):
@@ -145,8 +160,23 @@ class WorkerModel(LoadedModel):
             return None
         return rss if rss > self.memory_limit else None
 
-    def _call_result(self, what: str) -> Any:
+    def _call_result(self, what: str, progress: ProgressFn | None = None) -> Any:
         deadline = time.monotonic() + self.timeout
+        while True:
+            status, *payload = self._receive(what, deadline)
+            if status != "progress":
+                break
+            if progress is not None:
+                progress(payload[0])
+        if status == "error":
+            kind, message, trace = payload
+            if trace is None:  # a user error (USER_ERRORS)
+                raise WorkerError(message)
+            raise WorkerError(f"{self._describe}: {kind} during {what}: {message}\n{trace}")
+        return payload[0]
+
+    def _receive(self, what: str, deadline: float) -> Any:
+        """The worker's next message: a progress event or the call's answer."""
         # a pipe answers at once when data or EOF arrives: the poll interval only paces the
         # timeout and memory checks
         interval = _POLL if self.memory_limit is not None else 1.0
@@ -171,37 +201,47 @@ class WorkerModel(LoadedModel):
                     "(--mlxperf-timeout); it was stopped"
                 )
         try:
-            status, *payload = self._conn.recv()
+            return self._conn.recv()
         except EOFError:
             self._proc.join(1)
             raise WorkerError(
                 f"{self._describe} {_exit_reason(self._proc.exitcode)} during {what}"
             ) from None
-        if status == "error":
-            kind, message, trace = payload
-            raise WorkerError(f"{self._describe}: {kind} during {what}: {message}\n{trace}")
-        return payload[0]
 
-    def _call(self, method: str, *args: Any) -> Any:
+    def _call(self, method: str, *args: Any, progress: ProgressFn | None = None) -> Any:
+        """Call ``method`` of the worker's model; with ``progress``, the method is given a
+        ``progress`` argument whose events come back over the pipe as they happen."""
         if not self._proc.is_alive():
             raise WorkerError(f"{self._describe} {_exit_reason(self._proc.exitcode)} earlier")
-        self._conn.send((method, args))
-        return self._call_result(method)
+        self._conn.send((method, args, progress is not None))
+        return self._call_result(method, progress)
 
     def tokenize(self, text: str) -> list[int]:
         return self._call("tokenize", text)
+
+    def memory_usage(self) -> tuple[int, int | None]:
+        """The worker's memory, where the model runs (not this process's)."""
+        resident, swap = self._call("memory_usage")
+        return resident, swap
 
     def run(self, prompt: list[int], context: list[int], workload: Workload) -> RawSample:
         self.used = True
         return self._call("run", prompt, context, workload)
 
-    def finetune(self, workload: FinetuneWorkload, warmup: int, repetitions: int) -> Measurement:
-        """The worker's model measures the fine-tuning; a backend without the capability is
-        refused here, as ``LoadedModel`` refuses it, without a call to the worker."""
+    def finetune(
+        self,
+        workload: FinetuneWorkload,
+        warmup: int,
+        repetitions: int,
+        progress: ProgressFn | None = None,
+    ) -> Measurement:
+        """The worker's model measures the fine-tuning, its progress sent back as it goes; a
+        backend without the capability is refused here, as ``LoadedModel`` refuses it, without
+        a call to the worker."""
         if not self._finetunes:
             return super().finetune(workload, warmup, repetitions)
         self.used = True
-        return self._call("finetune", workload, warmup, repetitions)
+        return self._call("finetune", workload, warmup, repetitions, progress=progress)
 
     def close(self) -> None:
         if self._proc.is_alive():

@@ -16,6 +16,8 @@ from pytest_mlxperf.baseline import (
     SCHEMA_VERSION,
     BaselineError,
     BaselineStore,
+    entry_key,
+    new_entry,
     pooled_samples,
     read_file,
 )
@@ -128,6 +130,28 @@ def test_bad_samples_are_rejected(tmp_path: Path) -> None:
             read_file(path)
 
 
+def test_two_tests_of_a_module_with_the_same_measurement_keep_their_own_entries(
+    tmp_path: Path,
+) -> None:
+    store = BaselineStore(tmp_path)
+    other = "tests/perf/test_speed.py::test_other[mlx]"
+    store.save(NODE, "k", "box", entry(100.0))
+    assert store.find(other, "k", "box") == (None, [])
+    store.save(other, "k", "box", {**entry(50.0), "test": other})
+    own, _ = store.find(NODE, "k", "box")
+    theirs, _ = store.find(other, "k", "box")
+    assert own is not None and theirs is not None
+    assert own["runs"][0]["samples"]["generation_tps"][0] == 100.0
+    assert theirs["runs"][0]["samples"]["generation_tps"][0] == 50.0
+
+
+def test_an_entry_of_another_machine_is_found_to_be_reported(tmp_path: Path) -> None:
+    store = BaselineStore(tmp_path)
+    store.save(NODE, "k", "laptop", entry(100.0))
+    own, others = store.find(NODE, "k", "ci-runner")
+    assert own is None and [e["test"] for e in others] == [NODE]
+
+
 def _writer(root: str, index: int) -> None:
     BaselineStore(Path(root)).save(NODE, f"key{index}", "box", entry(100.0 + index))
 
@@ -141,7 +165,7 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
         p.join(60)
         assert p.exitcode == 0
     entries = read_file(BaselineStore(tmp_path).path_for(NODE))
-    assert sorted(entries) == sorted(f"key{i} @ box" for i in range(8))
+    assert sorted(entries) == sorted(entry_key("box", NODE, f"key{i}") for i in range(8))
     assert not list(tmp_path.glob("*.tmp"))
 
 
@@ -174,3 +198,29 @@ def test_arbitrary_json_never_crashes_the_loader(tmp_path: Path, data: Any, wrap
 def test_saved_file_is_readable_by_others(tmp_path: Path) -> None:
     path = BaselineStore(tmp_path).save(NODE, "k1", "box", entry())
     assert path.stat().st_mode & 0o044 == 0o044  # not mkstemp's private 0600
+
+
+def test_run_keeps_its_canary_next_to_its_samples(tmp_path: Path) -> None:
+    store = BaselineStore(tmp_path)
+    fields = {
+        "machine": {"name": "box"},
+        "test": NODE,
+        "name": "k",
+        "backend": "mlx",
+        "model": {"name": "m"},
+        "workload": {"prompt_tokens": 8},
+        "samples": {"generation_tps": [100.0, 101.0]},
+        "provenance": {"packages": {"mlx": "0.32.4"}},
+        "output_fingerprint": None,
+    }
+    canary = {"canary_compute": [0.0110123456789, 0.011], "canary_memory": [0.01, 0.0102]}
+    store.save(NODE, "k", "box", new_entry(**fields, canary=canary))
+    own, _ = store.find(NODE, "k", "box")
+    assert own is not None
+    assert own["runs"][0]["canary"] == {**canary, "canary_compute": [0.0110123, 0.011]}
+    assert new_entry(**fields)["runs"][0]["canary"] is None
+    # an entry written before the canary existed (as entry() is) still loads and pools
+    store.save(NODE, "old", "box", entry())
+    old, _ = store.find(NODE, "old", "box")
+    assert old is not None and "canary" not in old["runs"][0]
+    assert pooled_samples(old)["generation_tps"] == [100.0, 101.0, 99.0]

@@ -184,5 +184,11 @@ def test_finetune_is_measured_in_the_worker_and_gated(pytester: pytest.Pytester)
     result.stdout.fnmatch_lines(["*fine-tuning is measured with MLX only, not 'llamacpp'*"])
     (record,) = json.loads((pytester.path / "r.json").read_text())["results"]
     assert record["workload_label"] == "lora-b2-l2-s64"
-    assert set(record["samples"]) == {"iterations_per_s", "trained_tps", "peak_memory"}
+    assert set(record["samples"]) == {
+        "iterations_per_s",
+        "trained_tps",
+        "peak_memory",
+        "process_peak_memory",
+        "memory_growth",
+    }
     assert all(len(v) == 3 for v in record["samples"].values())

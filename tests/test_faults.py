@@ -214,3 +214,47 @@ def test_xdist_serializes_measurements_and_merges_results(pytester: pytest.Pytes
     spans = sorted((r["raw"][0]["t_start"], r["raw"][-1]["t_end"]) for r in records)
     for (_, end), (start, _) in itertools.pairwise(spans):
         assert end <= start
+
+
+USER_ERRORS = """
+def test_unknown_preset(mlxperf):
+    mlxperf.load("mlx", "synth:nope")
+
+def test_missing_gguf(mlxperf):
+    mlxperf.load("llamacpp", "/nonexistent/model.gguf")
+"""
+
+
+@pytest.mark.parametrize("isolate", ["yes", "no"])
+def test_user_error_in_the_worker_shows_its_message_alone(
+    pytester: pytest.Pytester, isolate: str
+) -> None:
+    """A user's mistake reads the same with and without isolation: the one-line message,
+    without the worker's traceback and without pytest's "During handling" chain."""
+    pytester.makepyfile(test_suite=USER_ERRORS)
+    result = pytester.runpytest_subprocess("--mlxperf", "--mlxperf-isolate", isolate)
+    result.assert_outcomes(failed=2)
+    text = result.stdout.str()
+    failures = text.split("= FAILURES =", 1)[1].split("short test summary", 1)[0]
+    assert "Traceback" not in failures and "During handling" not in failures
+    assert failures.count("unknown model preset 'nope'") == 1
+    assert failures.count("model '/nonexistent/model.gguf' not found") == 1
+
+
+def test_a_crash_in_the_worker_keeps_its_traceback() -> None:
+    """Anything that is not a user error is a bug or a backend crash: the worker's traceback
+    is what tells where."""
+    from pytest_mlxperf.worker import WorkerError, WorkerModel
+    from pytest_mlxperf.workload import Workload
+
+    with pytest.raises(WorkerError) as user:
+        WorkerModel("mlx", "synth:nope", None, timeout=60)
+    assert str(user.value).startswith("unknown model preset 'nope'")
+    assert "Traceback" not in str(user.value)
+    model = WorkerModel("llamacpp", "synth:tiny", None, timeout=60)
+    try:
+        with pytest.raises(WorkerError, match="TypeError during run") as crash:
+            model.run(None, [], Workload(prompt_tokens=4, generation_tokens=2))  # type: ignore[arg-type]
+        assert "Traceback (most recent call last)" in str(crash.value)
+    finally:
+        model.close()

@@ -127,10 +127,14 @@ def test_repetition_reports_sane_positive_metrics(
 ) -> None:
     assert baseline.backend == "mlx"
     assert baseline.model == tiny["loaded"].identity
-    assert set(baseline.samples) == {"iterations_per_s", "trained_tps", "peak_memory"}
+    assert set(baseline.samples) == {m.name for m in finetune.FINETUNE_METRICS}
     for name, values in baseline.samples.items():
         assert len(values) == 2
-        assert all(math.isfinite(v) and v > 0 for v in values), (name, values)
+        assert all(math.isfinite(v) and (v > 0 or METRICS[name].absolute) for v in values), (
+            name,
+            values,
+        )
+    assert all(abs(g) < 0.01 for g in baseline.samples["memory_growth"])  # no leak here
     for it_s, tps in zip(
         baseline.samples["iterations_per_s"], baseline.samples["trained_tps"], strict=True
     ):
@@ -338,11 +342,57 @@ def test_completions_dataset_tokenizes_with_the_fallback_template(
 
 
 def test_finetune_metrics_to_merge() -> None:
-    derived = {"iterations_per_s", "trained_tps", "peak_memory"}
+    derived = {
+        "iterations_per_s",
+        "trained_tps",
+        "peak_memory",
+        "process_peak_memory",
+        "memory_growth",
+    }
     assert {m.name for m in finetune.FINETUNE_METRICS} == derived
     assert "peak_memory" in METRICS  # reused: same definition, MLX allocator peak
     assert all(m.gated for m in finetune.FINETUNE_METRICS)
-    assert [m.higher_is_better for m in finetune.FINETUNE_METRICS] == [True, True, False]
+    assert [m.higher_is_better for m in finetune.FINETUNE_METRICS] == [True, True] + [False] * 3
+
+
+def test_memory_kept_across_iterations_is_flagged_and_the_same_run_without_it_is_not(
+    tiny: dict[str, Any], dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training that keeps a reference to 16 MB per iteration (as a caller that collects
+    every batch's outputs does) grows memory steadily: ``memory_growth`` flags it, although
+    the allocator's peak of any single iteration hardly moves; without it, nothing is flagged."""
+    import mlx.core as mx
+    from mlx_lm.tuner import trainer
+
+    from pytest_mlxperf.verdicts import Verdict, compare_metric
+
+    loaded = tiny["loaded"]
+    workload = FinetuneWorkload(dataset=str(dataset), **{**BASE, "iterations": 4})
+
+    def growth() -> list[float]:
+        measured = finetune.measure_finetune(
+            loaded.model, loaded.tokenizer, workload, warmup=1, repetitions=5
+        )
+        return measured.samples["memory_growth"]
+
+    def judged(before: list[float], now: list[float]) -> Verdict:
+        metric = METRICS["memory_growth"]
+        return compare_metric(metric, before, now, tolerance=metric.default_tolerance, alpha=0.01)
+
+    first, second = growth(), growth()
+    kept: list[Any] = []
+    batches = trainer.iterate_batches
+
+    def keeping(**kwargs: Any) -> Any:
+        for batch in batches(**kwargs):
+            kept.append(mx.ones((4_000_000,)) * len(kept))
+            mx.eval(kept[-1])
+            yield batch
+
+    monkeypatch.setattr(trainer, "iterate_batches", keeping)
+    leaking = growth()
+    assert judged(first, second).verdict is Verdict.PASS
+    assert judged(first, leaking).verdict is Verdict.REGRESSION, leaking
 
 
 # --------------------------------------------------------------------------- capability

@@ -3,16 +3,20 @@ backends are exercised end to end in test_e2e.py and test_faults.py)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from pytest_mlxperf import machine
+from pytest_mlxperf import session as session_module
 from pytest_mlxperf.backends.base import LoadedModel, RawSample
 from pytest_mlxperf.config import Settings
 from pytest_mlxperf.measure import MeasurementError, derive_metrics, measure
 from pytest_mlxperf.session import PerfSession
 from pytest_mlxperf.verdicts import Verdict
 from pytest_mlxperf.workload import Workload
+from tests.test_machine import STEADY, ZEN4, ZEN5, scaled
 
 WL = Workload(prompt_tokens=100, generation_tokens=11)
 
@@ -138,3 +142,119 @@ def test_changed_greedy_output_is_reported_beside_speed(tmp_path: Path) -> None:
     result = other.run("t.py::t", ScriptedModel([100.0], first_token=7), WL, other.settings)
     assert result.verdict is Verdict.PASS
     assert result.notes[0].startswith("output changed: the greedy tokens differ")
+
+
+@pytest.fixture(autouse=True)
+def steady_canary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every session's machine speed canary reads the same (and costs nothing); a test that
+    changes the machine patches it again."""
+    monkeypatch.setattr(session_module, "run_canary", lambda: STEADY)
+
+
+def test_canary_is_timed_once_before_the_first_measurement_and_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = ScriptedModel([100.0])
+    calls_before_canary = []
+    monkeypatch.setattr(
+        session_module, "run_canary", lambda: calls_before_canary.append(model.calls) or STEADY
+    )
+    session = PerfSession(Settings(machine="box", save_baselines=True), tmp_path)
+    first = session.run("t.py::t", model, WL, session.settings)
+    second = session.run("t.py::u", model, WL, session.settings)
+    assert calls_before_canary == [0]
+    assert first.canary == second.canary == STEADY
+    assert first.to_json()["canary"] == STEADY
+    entry, _ = session.store.find("t.py::t", first.key, "box")
+    assert entry is not None and entry["runs"][-1]["canary"] == STEADY
+
+
+def test_machine_speed_change_makes_the_result_not_comparable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = session_with_baseline(tmp_path, confirm=0)
+    monkeypatch.setattr(
+        session_module, "run_canary", lambda: scaled(STEADY, "canary_compute", 1 / 1.92)
+    )
+    result = session.run("t.py::t", ScriptedModel([50.0]), WL, session.settings)
+    assert result.verdict is Verdict.NOT_COMPARABLE
+    # the numbers stay there to see, with what they would have said
+    assert [c.metric.name for c in result.regressions] == ["generation_tps"]
+    (note,) = result.notes
+    assert note.startswith(
+        "machine speed changed: canary compute 1.92x faster than when the baseline was recorded"
+    )
+    assert "these numbers reflect the machine, not the code" in note
+    assert "not comparable" in result.report()
+
+
+def test_baseline_without_canary_is_judged_as_before(tmp_path: Path) -> None:
+    session = session_with_baseline(tmp_path, confirm=0)
+    path = session.store.path_for("t.py::t")
+    data = json.loads(path.read_text())
+    for entry in data["entries"].values():
+        for run in entry["runs"]:
+            del run["canary"]  # a file written before the canary existed
+    path.write_text(json.dumps(data))
+    assert session.run("t.py::t", ScriptedModel([100.0]), WL, session.settings).verdict is (
+        Verdict.PASS
+    )
+
+
+def test_baseline_of_an_older_fingerprint_says_to_re_record(tmp_path: Path) -> None:
+    new = machine.fingerprint(system="Linux", cpuinfo=ZEN4)
+    old = {k: v for k, v in new.items() if k not in machine.CPU_DETAIL["Linux"]}
+    saver = PerfSession(Settings(save_baselines=True), tmp_path)
+    saver.fingerprint = old
+    saver.run("t.py::t", ScriptedModel([100.0]), WL, saver.settings)
+    session = PerfSession(Settings(), tmp_path)
+    session.fingerprint = new
+    result = session.run("t.py::t", ScriptedModel([100.0]), WL, session.settings)
+    assert result.verdict is Verdict.NOT_COMPARABLE
+    (note,) = result.notes
+    assert note.startswith("baseline recorded on other machine(s) only; machine.cpu_family: None")
+    assert note.endswith(
+        "recorded with an older fingerprint that did not tell CPU models apart "
+        "(no cpu_family/cpu_model_id/cpu_stepping/isa): re-record it on this machine with "
+        "--mlxperf-save-baselines"
+    )
+    # a machine that really differs is still told to name equivalent machines
+    zen5 = PerfSession(Settings(), tmp_path)
+    zen5.fingerprint = machine.fingerprint(system="Linux", cpuinfo=ZEN5)
+    saver.fingerprint = new
+    saver.run("t.py::v", ScriptedModel([100.0]), WL, saver.settings)
+    (note,) = zen5.run("t.py::v", ScriptedModel([100.0]), WL, zen5.settings).notes
+    assert "machine.cpu_family: '25' -> '26'" in note
+    assert note.endswith("(name equivalent machines with --mlxperf-machine)")
+
+
+def test_llamacpp_threads_default_to_physical_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    import psutil
+
+    from pytest_mlxperf.backends.llamacpp import default_threads
+
+    monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 6 if not logical else 12)
+    assert default_threads() == 6
+    monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: None if not logical else 12)
+    monkeypatch.setattr("os.cpu_count", lambda: 3)
+    assert default_threads() == 3  # physical count unknown: logical cores
+
+
+@pytest.mark.usefixtures("synth_cache")
+def test_llamacpp_gets_one_explicit_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    import llama_cpp
+
+    from pytest_mlxperf.backends import llamacpp, load
+
+    # 3: neither of llama-cpp-python's own defaults (cores // 2 and all cores) on any machine
+    # this runs on, so it shows the value came from here
+    monkeypatch.setattr(llamacpp, "default_threads", lambda: 3)
+    model = load("llamacpp", "synth:tiny")
+    try:
+        assert model.identity["default_threads"] == 3
+        ctx = model._instance(Workload(prompt_tokens=8, generation_tokens=4)).ctx
+        assert (llama_cpp.llama_n_threads(ctx), llama_cpp.llama_n_threads_batch(ctx)) == (3, 3)
+        ctx = model._instance(Workload(prompt_tokens=8, generation_tokens=4, threads=1)).ctx
+        assert (llama_cpp.llama_n_threads(ctx), llama_cpp.llama_n_threads_batch(ctx)) == (1, 1)
+    finally:
+        model.close()

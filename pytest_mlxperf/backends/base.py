@@ -8,6 +8,8 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_mlxperf import memory
+from pytest_mlxperf.progress import ProgressFn
 from pytest_mlxperf.workload import FinetuneWorkload, Workload, WorkloadLike
 
 
@@ -21,6 +23,10 @@ class RawSample:
 
     ``t_tokens[i]`` is when generated token ``i`` was ready (synchronized), so ``t_tokens[0]``
     is the first token and metrics are derived from these, never from backend summaries.
+    ``process_peak_memory`` is the measuring process's peak where the backend's own
+    ``peak_memory`` is something else (MLX: its allocator peak). ``resident_start`` /
+    ``resident_end`` / ``swap`` are the process's memory before and after the repetition
+    (``LoadedModel.memory_usage``), filled in by the protocol, outside the timed region.
     """
 
     t_start: float
@@ -29,6 +35,10 @@ class RawSample:
     tokens: list[int]
     peak_memory: int
     backend_counters: dict[str, float] = field(default_factory=dict)
+    process_peak_memory: int | None = None
+    resident_start: int | None = None
+    resident_end: int | None = None
+    swap: int | None = None
 
     @property
     def generated(self) -> int:
@@ -69,11 +79,22 @@ class LoadedModel(abc.ABC):
         depth), then time the prefill of ``prompt`` and the decode of exactly
         ``workload.generation_tokens`` tokens with EOS disabled."""
 
-    def finetune(self, workload: FinetuneWorkload, warmup: int, repetitions: int) -> Measurement:
+    def finetune(
+        self,
+        workload: FinetuneWorkload,
+        warmup: int,
+        repetitions: int,
+        progress: ProgressFn | None = None,
+    ) -> Measurement:
         """An optional capability: ``warmup`` untimed, then ``repetitions`` timed LoRA
-        fine-tuning runs of ``workload`` on this model. Backends that cannot fine-tune keep
-        this default, which refuses with the reason."""
+        fine-tuning runs of ``workload`` on this model (``progress`` hears of each). Backends
+        that cannot fine-tune keep this default, which refuses with the reason."""
         raise BackendError(f"fine-tuning is measured with MLX only, not {self.backend!r}")
+
+    def memory_usage(self) -> tuple[int, int | None]:
+        """(resident, swapped out) bytes of the process the model runs in, now
+        (``memory.usage``; swap ``None`` where the OS does not report it)."""
+        return memory.usage()
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends free on GC
         """Release the model's memory."""

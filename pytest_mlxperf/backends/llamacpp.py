@@ -6,10 +6,16 @@ Each repetition runs on an emptied KV cache (``Llama.reset()`` alone keeps the c
 ``generation_tokens - 1`` decodes. llama.cpp's own perf counters are kept beside our
 timestamps to check them. Context size, batch size, flash attention, threads and GPU layers
 are context settings in llama.cpp: the ``Llama`` object is rebuilt when a workload changes them.
+
+Threads default to one explicit number for both prompt and decode (``default_threads``), as
+llama-bench does, never to llama-cpp-python's split of half the cores for decode and all of
+them for the prompt, which stalls the prompt whenever one core is busy. That default is part of
+the model's identity, so a baseline is never compared across thread counts.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -21,17 +27,26 @@ from pytest_mlxperf.workload import Workload
 DEFAULT_N_BATCH = 512
 
 
-def _settings(workload: Workload | None) -> tuple[Any, ...]:
+def default_threads() -> int:
+    """Threads for prompt and decode when a workload sets none: one per physical core, as
+    llama-bench does (logical cores where the physical count is unknown)."""
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def _settings(workload: Workload | None, threads: int) -> tuple[Any, ...]:
     """The ``Llama(...)`` arguments a workload fixes: (n_ctx, n_batch, flash_attn, threads,
-    n_gpu_layers). Unset values are explicit defaults, never llama-cpp-python's silent ones."""
+    n_gpu_layers). Unset values are explicit defaults (``threads`` for the thread count),
+    never llama-cpp-python's silent ones."""
     if workload is None:
-        return (512, DEFAULT_N_BATCH, False, None, 0)
+        return (512, DEFAULT_N_BATCH, False, threads, 0)
     n_ctx = workload.max_kv_size or workload.total_tokens
     return (
         n_ctx,
         workload.prefill_step or DEFAULT_N_BATCH,
         bool(workload.flash_attn),
-        workload.threads,
+        workload.threads or threads,
         workload.n_gpu_layers or 0,
     )
 
@@ -43,6 +58,7 @@ class LlamaCppModel(LoadedModel):
         self._path = str(resolved.path)
         self._llama: Any = None
         self._key: tuple[Any, ...] | None = None
+        self.threads = default_threads()
         t0 = time.perf_counter()
         llm = self._instance(None)
         self.load_time = time.perf_counter() - t0
@@ -51,11 +67,14 @@ class LlamaCppModel(LoadedModel):
         self.vocab_size = llm.n_vocab()
         self.context_length = int(meta.get(f"{arch}.context_length", llm._model.n_ctx_train()))
         self.identity = resolved.identity(
-            "llamacpp", quantization=llm._model.desc(), file_type=meta.get("general.file_type")
+            "llamacpp",
+            quantization=llm._model.desc(),
+            file_type=meta.get("general.file_type"),
+            default_threads=self.threads,  # what runs a workload that sets no threads
         )
 
     def _instance(self, workload: Workload | None) -> Any:
-        key = _settings(workload)
+        key = _settings(workload, self.threads)
         if key != self._key:
             from llama_cpp import Llama
 
@@ -118,7 +137,8 @@ class LlamaCppModel(LoadedModel):
             name: float(getattr(perf, name))
             for name in ("t_p_eval_ms", "n_p_eval", "t_eval_ms", "n_eval")
         }
-        return RawSample(t_start, stamps, t_end, tokens, memory.peak(), counters)
+        peak = memory.peak()  # the process peak is llama.cpp's only figure: both metrics
+        return RawSample(t_start, stamps, t_end, tokens, peak, counters, process_peak_memory=peak)
 
     def close(self) -> None:
         if self._llama is not None:

@@ -2,7 +2,9 @@
 
 ``generate_step`` is used directly rather than ``stream_generate`` because it does not stop at
 EOS: the amount of work must not depend on what the model says. Peak memory is MLX's own
-allocator peak, reset before each repetition.
+allocator peak, reset before each repetition; beside it, the process's peak
+(``process_peak_memory``: Linux VmHWM, macOS physical footprint), which also counts what the
+allocator does not see (its buffer cache, the Python heap, other libraries).
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import json
 import time
 from pathlib import Path
 
-from pytest_mlxperf import mlx_memory
+from pytest_mlxperf import memory, mlx_memory
 from pytest_mlxperf.backends.base import BackendError, LoadedModel, Measurement, RawSample
 from pytest_mlxperf.finetune import measure_finetune
+from pytest_mlxperf.progress import ProgressFn
 from pytest_mlxperf.sources import ResolvedSource
 from pytest_mlxperf.workload import FinetuneWorkload, Workload
 
@@ -68,6 +71,7 @@ class MLXModel(LoadedModel):
         )
         mx.random.seed(workload.seed)
         mlx_memory.reset_peak(mx)
+        memory.reset_peak()
         with wired_limit(self.model):
             for i in range(0, len(context), step):
                 self.model(mx.array(context[i : i + step])[None], cache=cache)
@@ -86,9 +90,17 @@ class MLXModel(LoadedModel):
                 stamps.append(time.perf_counter())
                 tokens.append(int(token))
             t_end = time.perf_counter()
-        return RawSample(t_start, stamps, t_end, tokens, mlx_memory.peak(mx))
+        return RawSample(
+            t_start, stamps, t_end, tokens, mlx_memory.peak(mx), process_peak_memory=memory.peak()
+        )
 
-    def finetune(self, workload: FinetuneWorkload, warmup: int, repetitions: int) -> Measurement:
+    def finetune(
+        self,
+        workload: FinetuneWorkload,
+        warmup: int,
+        repetitions: int,
+        progress: ProgressFn | None = None,
+    ) -> Measurement:
         """A LoRA (QLoRA on a quantized model) fine-tuning measurement with mlx-lm's trainer
         (see ``pytest_mlxperf.finetune``)."""
         return measure_finetune(
@@ -98,6 +110,7 @@ class MLXModel(LoadedModel):
             warmup=warmup,
             repetitions=repetitions,
             identity=self.identity,
+            progress=progress,
         )
 
     def close(self) -> None:

@@ -1,0 +1,147 @@
+"""``mlxperf.time``'s timing of a callable (``pytest_mlxperf.callables``): calibration of calls
+per round, one median per block of rounds, slow callables timed once per repetition, and a
+microsecond callable's figure measured side by side with pytest-benchmark's."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from pytest_mlxperf.callables import (
+    BLOCK_TIME,
+    RESOLUTION_ROUNDS,
+    Block,
+    block_medians,
+    calibrate,
+    time_callable,
+    timer_precision,
+)
+
+
+class QuietLogger:
+    """What pytest-benchmark's fixture logs to, silenced."""
+
+    def debug(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    info = warning = debug
+
+
+def make_benchmark_fixture(**options: Any) -> Any:
+    """pytest-benchmark's ``benchmark`` fixture outside a pytest run, with its default options
+    (``max_time`` shortened) unless given."""
+    fixture_module = pytest.importorskip("pytest_benchmark.fixture")
+    from pytest_benchmark.utils import NameWrapper
+
+    settings: dict[str, Any] = {
+        "disable_gc": False,
+        "timer": NameWrapper(time.perf_counter),
+        "min_rounds": 5,
+        "min_time": 0.000005,
+        "max_time": 0.1,
+        "warmup": False,
+        "warmup_iterations": 100000,
+        "calibration_precision": 10,
+        "cprofile": False,
+        "cprofile_loops": None,
+        "cprofile_dump": False,
+        **options,
+    }
+    node = SimpleNamespace(name="test_x", _nodeid="test_file.py::test_x")
+    return fixture_module.BenchmarkFixture(
+        node, add_stats=lambda stats: None, logger=QuietLogger(), warner=None, disabled=False,
+        **settings,
+    )  # fmt: skip
+
+
+def cv(values: list[float]) -> float:
+    return statistics.stdev(values) / statistics.fmean(values)
+
+
+def test_calibration_grows_the_calls_until_a_round_is_long_enough() -> None:
+    calls = []
+
+    def run(iterations: int) -> float:  # a callable of 2**-23 s (0.12 µs): exact arithmetic
+        calls.append(iterations)
+        return iterations * 2**-23
+
+    assert calibrate(run, 2**-15) == (256, 2**-15)
+    assert calls == [1, 1, 1, 10, 10, 10, 100, 100, 100]  # each short round taken thrice
+    assert calibrate(lambda n: n * 0.5, 4e-5) == (1, 0.5)  # a slow call: one call is enough
+
+
+def test_an_interrupted_calibration_round_does_not_shrink_the_estimate() -> None:
+    interrupted = iter([5e-6])  # the first 100-call round loses 4 µs to another process
+
+    def run(iterations: int) -> float:
+        extra = next(interrupted, 0.0) if iterations == 100 else 0.0
+        return iterations * 1e-8 + extra
+
+    assert calibrate(run, 4e-5)[0] == 4000
+
+
+def test_block_medians_cut_rounds_into_consecutive_blocks() -> None:
+    assert block_medians([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 3) == [2.5, 6.0, 9.0]
+    assert block_medians([3.0, 1.0], 5) == [3.0, 1.0]  # fewer rounds than blocks: all of them
+
+
+def test_a_slow_callable_is_called_once_per_repetition() -> None:
+    calls = []
+
+    def pipeline() -> None:
+        calls.append(1)
+        time.sleep(BLOCK_TIME * 1.2)
+
+    m = time_callable(pipeline, (), {}, "pipeline", warmup=1, repetitions=3)
+    assert len(calls) == 1 + 3  # the calibration call is the warm-up
+    assert [b.rounds * b.iterations for b in m.raw] == [1, 1, 1]
+    assert all(s >= BLOCK_TIME * 1.2 for s in m.samples["duration"])
+
+
+def test_without_warmup_every_repetition_is_one_call() -> None:
+    calls = []
+    m = time_callable(calls.append, (1,), {}, "append", warmup=0, repetitions=4)
+    assert len(calls) == 4
+    assert len(m.samples["duration"]) == 4
+
+
+def test_a_fast_callable_is_timed_per_call_in_rounds_above_the_timer_resolution() -> None:
+    m = time_callable(sum, (range(50),), {}, "sum", warmup=1, repetitions=5)
+    (first, *_) = m.raw
+    assert isinstance(first, Block) and first.iterations > 1
+    precision = timer_precision()
+    assert 0 < first.timer_precision == precision
+    # calibrated to 1000 timer steps per round, estimated from the calibration's rounds
+    assert first.median * first.iterations >= precision * RESOLUTION_ROUNDS / 2
+    assert all(1e-8 < s < 1e-4 for s in m.samples["duration"])  # seconds per call, not per round
+
+
+def test_a_microsecond_callable_gets_a_figure_as_stable_as_pytest_benchmarks(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Side by side in this process, alternating: the CV of each tool's samples (what its
+    statistics see), and the CV of its figure (the median) over five measurements."""
+
+    def callable_of_a_few_microseconds() -> int:
+        return sum(i * i for i in range(60))
+
+    ours, theirs = [], []
+    for _ in range(5):
+        ours.append(time_callable(callable_of_a_few_microseconds, (), {}, "f").samples["duration"])
+        fixture = make_benchmark_fixture()
+        fixture(callable_of_a_few_microseconds)
+        theirs.append(list(fixture.stats.stats.data))
+    sample_cv = statistics.median(map(cv, ours)), statistics.median(map(cv, theirs))
+    figure_cv = cv([statistics.median(s) for s in ours]), cv([statistics.median(s) for s in theirs])
+    with capsys.disabled():
+        print(
+            f"\nper-call {statistics.median(ours[0]) * 1e6:.2f} us; sample CV: pytest-mlxperf "
+            f"{sample_cv[0]:.2%}, pytest-benchmark {sample_cv[1]:.2%}; CV of the median over 5 "
+            f"measurements: pytest-mlxperf {figure_cv[0]:.2%}, pytest-benchmark {figure_cv[1]:.2%}"
+        )
+    assert sample_cv[0] <= sample_cv[1] * 1.1
+    assert figure_cv[0] <= max(figure_cv[1] * 1.5, figure_cv[1] + 0.02)

@@ -1,0 +1,284 @@
+"""pytest-benchmark suites gated by pytest-mlxperf: ``pytest --mlxperf`` judges what the
+``benchmark`` fixture timed (an unchanged suite passes; a really slowed function fails exactly
+its test), and ``mlxperf compare`` / ``report`` read pytest-benchmark's JSON files.
+
+The suite runs for real, in separate processes, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_mlxperf import pytest_benchmark_bridge as bridge
+from pytest_mlxperf.results import ResultsError, load_results
+from tests.test_callables import make_benchmark_fixture
+
+pytest.importorskip("pytest_benchmark")
+
+SUITE = """
+import os
+
+import pytest
+
+
+def work(n):
+    return sum(i * i for i in range(n))
+
+
+def slowed(n):
+    # SLOW=1 does the work three times: a real slowdown of this function only
+    repeats = 3 if os.environ.get("SLOW") else 1
+    return [work(n) for _ in range(repeats)][-1]
+
+
+def test_steady(benchmark):
+    benchmark(work, 2000)
+
+
+@pytest.mark.mlxperf(tolerance={"duration": "25%"})
+def test_marked(benchmark):
+    benchmark.pedantic(work, args=(2000,), rounds=30, iterations=3)
+
+
+def test_slowed(benchmark):
+    benchmark(slowed, 2000)
+"""
+FAST = ("-p", "no:cacheprovider", "--benchmark-max-time=0.1")
+
+
+def run_pytest(folder: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run pytest in ``folder``; its temporary folder (and so the machine-wide measurement lock
+    in it) is the suite's own, so that other perf runs on this machine do not hold it up."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", *FAST, *args],
+        cwd=folder,
+        env={**os.environ, "TMPDIR": str(folder), **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def mlxperf(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["mlxperf", *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+def skip_if_the_machine_changed(records: list[dict[str, Any]]) -> None:
+    """A shared machine that got much faster or slower between the baseline and the run makes
+    the plugin call every result "not comparable" (its speed canary): nothing to judge then."""
+    notes = [n for r in records for n in r["notes"] if n.startswith("machine speed changed")]
+    if notes:
+        pytest.skip(f"the machine's speed changed between the runs: {notes[0]}")
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The suite recorded twice as a baseline, then run unchanged and with ``slowed`` 3x
+    slower, each run also writing pytest-benchmark's JSON."""
+    folder = tmp_path_factory.mktemp("pb_suite")
+    (folder / "test_suite.py").write_text(SUITE, encoding="utf-8")
+    runs = {
+        "save1": run_pytest(folder, "--mlxperf", "--mlxperf-save-baselines"),
+        "save2": run_pytest(folder, "--mlxperf", "--mlxperf-save-baselines"),
+        "same": run_pytest(
+            folder,
+            "--mlxperf",
+            "--mlxperf-json=same.json",
+            "--junitxml=junit.xml",
+            "--benchmark-json=pb_same.json",
+            # pytest-benchmark's own options: other rounds and iterations, same per-call figure
+            "--benchmark-only",
+            "--benchmark-min-time=0.0005",
+        ),
+        "slow": run_pytest(
+            folder,
+            "--mlxperf",
+            "--mlxperf-json=slow.json",
+            "--benchmark-json=pb_slow.json",
+            SLOW="1",
+        ),
+    }
+    return {"folder": folder, **runs}
+
+
+def test_an_unchanged_suite_is_new_then_saved_then_passes(suite: dict[str, Any]) -> None:
+    first = suite["save1"]
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.stdout.count("new (saved)") == 3
+    same = suite["same"]
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "3 passed" in same.stdout
+    records = json.loads((suite["folder"] / "same.json").read_text())["results"]
+    assert {r["backend"] for r in records} == {"pytest-benchmark"}
+    skip_if_the_machine_changed(records)
+    assert {r["verdict"] for r in records} <= {"pass", "improvement"}
+    assert all(len(r["samples"]["duration"]) == 5 for r in records)
+    steady = next(r for r in records if r["test"].endswith("test_steady"))
+    assert steady["raw"][0]["iterations"] > 1  # calibrated otherwise than the baseline runs
+
+
+def test_the_summary_says_which_gate_decided(suite: dict[str, Any]) -> None:
+    out = suite["same"].stdout
+    assert "3 pytest-benchmark benchmark(s) gated by pytest-mlxperf" in out
+    assert "pytest-benchmark's own gate (--benchmark-compare-fail) was not used" in out
+
+
+def test_a_slowed_function_fails_exactly_its_test(suite: dict[str, Any]) -> None:
+    slow = suite["slow"]
+    skip_if_the_machine_changed(json.loads((suite["folder"] / "slow.json").read_text())["results"])
+    assert slow.returncode == 1, slow.stdout + slow.stderr
+    assert "1 failed, 2 passed" in slow.stdout
+    assert "PERF REGRESSION test_suite.py::test_slowed - mlxperf regression" in slow.stdout
+    for line in (
+        "mlxperf regression: test_suite.py::test_slowed [pytest-benchmark test_slowed benchmark]",
+        "timed by pytest-benchmark: ",
+        "confirmed by re-measurement 1 of 1",
+    ):
+        assert line in slow.stdout
+    assert "duration: " in slow.stdout and "tolerance 10%, Mann-Whitney p=" in slow.stdout
+    (record,) = [
+        r
+        for r in json.loads((suite["folder"] / "slow.json").read_text())["results"]
+        if r["verdict"] == "regression"
+    ]
+    (comparison,) = record["comparisons"]
+    assert 1.5 < comparison["change"] < 3.5  # about +200%: three times the work
+
+
+def test_marker_tolerance_and_junit_properties_apply(suite: dict[str, Any]) -> None:
+    records = json.loads((suite["folder"] / "same.json").read_text())["results"]
+    tolerances = {r["test"].split("::")[1]: r["tolerances"] for r in records}
+    assert tolerances["test_marked"] == {"duration": 0.25}
+    assert tolerances["test_steady"] == {"duration": 0.10}
+    xml = (suite["folder"] / "junit.xml").read_text()
+    assert '<property name="mlxperf.pytest-benchmark:test_steady:benchmark.duration"' in xml
+
+
+def test_baselines_hold_a_few_samples_per_run_not_every_round(suite: dict[str, Any]) -> None:
+    baselines = json.loads((suite["folder"] / "baselines" / "test_suite.json").read_text())
+    entries = baselines["entries"]
+    assert len(entries) == 3
+    for entry in entries.values():
+        assert entry["backend"] == "pytest-benchmark"
+        assert set(entry["workload"]) == {"group", "param", "timer", "disable_gc"}
+        assert [len(run["samples"]["duration"]) for run in entry["runs"]] == [5, 5]
+
+
+def test_compare_and_report_read_pytest_benchmark_json(suite: dict[str, Any]) -> None:
+    folder = suite["folder"]
+    same = mlxperf("compare", folder / "pb_same.json", folder / "pb_same.json")
+    assert same.returncode == 0, same.stderr
+    run = mlxperf("compare", folder / "pb_same.json", folder / "pb_slow.json")
+    assert run.returncode == 1, run.stdout + run.stderr
+    (row,) = [line for line in run.stdout.splitlines() if "regression" in line and "test_" in line]
+    assert "test_slowed" in row
+    html = folder / "report.html"
+    report = mlxperf("report", folder / "pb_same.json", folder / "pb_slow.json", "-o", html)
+    assert report.returncode == 0, report.stderr
+    assert "test_slowed" in html.read_text()
+
+
+def test_benchmark_disable_gates_nothing_and_says_so(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest_subprocess(*FAST, "--mlxperf", "--benchmark-disable")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*3 test(s) with pytest-benchmark's fixture not gated, "
+            "nothing timed (--benchmark-disable*"
+        ]
+    )
+    assert not (pytester.path / "baselines").exists()
+
+
+def test_without_mlxperf_the_suite_runs_as_before(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest_subprocess(*FAST)
+    result.assert_outcomes(passed=3)  # the marked test too: the marker only sets tolerances
+    assert "mlxperf results" not in result.stdout.str()
+
+
+def test_compare_fail_given_too_is_named() -> None:
+    from pytest_benchmark.utils import parse_compare_fail
+
+    records = [{"backend": "pytest-benchmark"}, {"backend": "llamacpp"}]
+    lines = bridge.gate_summary(records, [], [parse_compare_fail("min:5%")])
+    assert lines[0].startswith("1 pytest-benchmark benchmark(s) gated by pytest-mlxperf")
+    assert lines[1].startswith("--benchmark-compare-fail=min:5% was given too")
+    assert bridge.gate_summary([], [], None) == []
+
+
+def test_a_regression_is_confirmed_by_timing_the_pedantic_call_again() -> None:
+    made = []
+
+    def setup() -> tuple[tuple[int], dict[str, Any]]:
+        made.append(1)
+        return (len(made),), {}
+
+    fixture = make_benchmark_fixture()
+    bridge.record_calls(fixture)
+    fixture.pedantic(lambda n: n * 2, setup=setup, rounds=12)
+    take, retimable = bridge.take_measurements(fixture, "t.py::test_x", 5)
+    first, again = take(), take()
+    assert retimable and len(made) == 12 + 12  # setup before every round, both times
+    assert first.raw[0].source == "pytest-benchmark" and again.raw[0].source == "pytest-mlxperf"
+    assert first.workload == again.workload and len(again.samples["duration"]) == 5
+
+
+def _document(data: list[float] | None, **machine_info: Any) -> dict[str, Any]:
+    stats = {"min": 1e-6, "iterations": 4, **({"data": data} if data is not None else {})}
+    return {
+        "machine_info": {
+            "system": "Linux",
+            "release": "6.1.0",
+            "machine": "x86_64",
+            "python_version": "3.11.7",
+            "cpu": {"brand_raw": "AMD EPYC", "count": 2},
+            **machine_info,
+        },
+        "commit_info": {"id": "abc123"},
+        "benchmarks": [
+            {
+                "group": "tok",
+                "name": "test_x[a]",
+                "fullname": "tests/test_b.py::test_x[a]",
+                "param": "a",
+                "options": {"timer": "perf_counter", "disable_gc": False},
+                "stats": stats,
+            }
+        ],
+        "datetime": "2026-01-01T00:00:00+00:00",
+        "version": "5.2.3",
+    }
+
+
+def test_a_pytest_benchmark_file_becomes_records_like_the_plugins(tmp_path: Path) -> None:
+    path = tmp_path / "0001_abc.json"
+    path.write_text(json.dumps(_document([1e-6 * (1 + i % 7) for i in range(1000)])))
+    results = load_results(path)
+    ((test, key), record) = next(iter(results.records.items()))
+    assert (test, key) == ("tests/test_b.py::test_x[a]", "pytest-benchmark:test_x[a]:benchmark")
+    assert record["workload"] == {
+        "group": "tok",
+        "param": "a",
+        "timer": "perf_counter",
+        "disable_gc": False,
+    }
+    assert len(record["samples"]["duration"]) == 5
+    assert results.machine["cpu"] == "AMD EPYC" and results.machine["memory_gib"] is None
+    assert record["provenance"]["git_commit"] == "abc123"
+
+
+def test_a_saved_run_without_raw_samples_is_refused_with_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "0002_abc.json"
+    path.write_text(json.dumps(_document(None)))
+    with pytest.raises(ResultsError, match=r"no raw samples.*--benchmark-save-data"):
+        load_results(path)
+    run = mlxperf("compare", path, path)
+    assert run.returncode == 2 and "--benchmark-save-data" in run.stderr
