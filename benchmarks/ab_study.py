@@ -18,7 +18,8 @@ value). It prints, per metric: the true size of B's slowdown with its interval, 
 rate on A/A, the power on A/B, the rounds the gate used, and the smallest slowdown the gate can
 resolve with 95% power at 5, 10 and 20 rounds (from the measured spread of paired rounds).
 
-    python benchmarks/ab_study.py collect --rounds 16 --out /tmp/abstudy   # ~45 s a round
+    python benchmarks/ab_study.py collect --rounds 16 --out /tmp/abstudy   # ~40 s a round
+    python benchmarks/ab_study.py collect --rounds 16 --out /tmp/abllama -k llamacpp
     python benchmarks/ab_study.py analyze /tmp/abstudy --tolerance 5%
 """
 
@@ -51,14 +52,14 @@ METRIC_KEYS = [
 Processes = list[list[float]]
 
 
-def collect(rounds: int, out: Path) -> None:
+def collect(rounds: int, out: Path, select: str | None) -> None:
     python = Path(sys.executable)
     run = ABRun(
         [
             Environment(name, python, {"STUDY_LAYERS": layers})
             for name, layers in ENVIRONMENTS.items()
         ],
-        [SUITE],
+        [SUITE, *(["-k", select] if select else [])],
         out,
         min_rounds=rounds,
         max_rounds=rounds,
@@ -78,8 +79,10 @@ def load(folder: Path) -> dict[str, dict[tuple[str, str], Processes]]:
         for path in files:
             records = {key: r for (_, key), r in load_results(path).records.items()}
             for key, metric in METRIC_KEYS:
-                per.setdefault((key, metric), []).append(records[key]["samples"][metric])
-            for kernel, samples in (records[METRIC_KEYS[0][0]].get("canary") or {}).items():
+                if key in records:
+                    per.setdefault((key, metric), []).append(records[key]["samples"][metric])
+            first = next(iter(records.values()))
+            for kernel, samples in (first.get("canary") or {}).items():
                 per.setdefault(("canary", kernel), []).append(samples)
         out[env] = per
     return out
@@ -96,7 +99,7 @@ def canary_study(data: dict[str, dict[tuple[str, str], Processes]]) -> None:
         return
     print("\ncanary vs process speed, per metric (r: correlation of log medians over processes;")
     print("spread: SD of log process medians, raw -> divided by the canary's relative time):")
-    for key, metric in METRIC_KEYS:
+    for key, metric in (k for k in METRIC_KEYS if k in data["A"]):
         cells = []
         for kernel in kernels:
             xs, ys = [], []
@@ -187,7 +190,8 @@ def undecided(verdicts: list[Verdict]) -> str:
 def analyze(folder: Path, args: argparse.Namespace) -> None:
     data = load(folder)
     tol = args.tolerance
-    n_rounds = len(data["A"][METRIC_KEYS[0]])
+    present = [k for k in METRIC_KEYS if k in data["A"]]
+    n_rounds = len(data["A"][present[0]])
     if n_rounds < args.max_rounds:
         raise SystemExit(f"{folder} has {n_rounds} rounds; --max-rounds is {args.max_rounds}")
     print(
@@ -202,7 +206,7 @@ def analyze(folder: Path, args: argparse.Namespace) -> None:
     print(header)
     print("-" * len(header))
     mde_rows = []
-    for key, metric in METRIC_KEYS:
+    for key, metric in present:
         a, a2, b = data["A"][(key, metric)], data["A2"][(key, metric)], data["B"][(key, metric)]
         m = METRICS[metric]
         true = compare_processes(m, a, b, tolerance=tol, alpha=args.alpha, paired=True)
@@ -291,6 +295,7 @@ def main() -> None:
     c = sub.add_parser("collect")
     c.add_argument("--rounds", type=int, default=16)
     c.add_argument("--out", type=Path, required=True)
+    c.add_argument("-k", dest="select", help="pytest -k selection, e.g. llamacpp")
     a = sub.add_parser("analyze")
     a.add_argument("folder", type=Path)
     a.add_argument("--tolerance", type=parse_tolerance, default=0.05)
@@ -301,7 +306,7 @@ def main() -> None:
     a.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.command == "collect":
-        collect(args.rounds, args.out)
+        collect(args.rounds, args.out, args.select)
     else:
         analyze(args.folder, args)
 

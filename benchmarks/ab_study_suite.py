@@ -12,10 +12,15 @@ import pytest
 from pytest_mlxperf import synth
 
 LAYERS = int(os.environ.get("STUDY_LAYERS", "10"))
+# llama.cpp threads for prompt and decode; unset: the plugin's default (physical cores)
+THREADS = int(os.environ["STUDY_THREADS"]) if os.environ.get("STUDY_THREADS") else None
 SHAPE = synth.ModelShape(num_hidden_layers=LAYERS)
 
 
 @pytest.mark.parametrize("backend", ["mlx", "llamacpp"])
 def test_study(mlxperf, backend):
     model = mlxperf.load(backend, str(synth.build(backend, SHAPE)))
-    mlxperf.measure(model, prompt_tokens=128, generation_tokens=64, name=f"{backend}:study")
+    settings = {"threads": THREADS} if backend == "llamacpp" and THREADS else {}
+    mlxperf.measure(
+        model, prompt_tokens=128, generation_tokens=64, name=f"{backend}:study", **settings
+    )

@@ -134,6 +134,59 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bisect(args: argparse.Namespace) -> int:
+    from pytest_mlxperf.bisect import (
+        BisectError,
+        BisectRun,
+        EnvironmentCache,
+        all_groups_comparison,
+        default_env_root,
+    )
+    from pytest_mlxperf.files import atomic_write
+    from pytest_mlxperf.render.html import html_report
+
+    cache = EnvironmentCache(args.env_dir or default_env_root(), args.project, args.extras)
+    if args.clean:
+        print(f"removed {cache.clean()} environment(s) from {cache.root}")
+        return 0
+    if not (args.package and args.good and args.bad):
+        raise BisectError("bisect needs PACKAGE GOOD BAD (or --clean)")
+    run = BisectRun(
+        args.package,
+        args.good,
+        args.bad,
+        args.pin,
+        args.pytest_args,
+        args.out,
+        cache,
+        metric=args.metric,
+        pins_if=[tuple(p) for p in args.pin_if],
+        tolerances=args.tolerance,
+        alpha=args.alpha,
+        min_rounds=args.min_rounds,
+        max_rounds=args.max_rounds,
+        budget_s=args.budget * 60,
+        say=lambda line: print(line, flush=True),
+    )
+    result = run.run()
+    print(result.table())
+    print(result.summary())
+    print(
+        f"{result.environments_built} gate(s) run in {result.seconds / 60:.1f} min; "
+        f"state: {run.state_path}"
+    )
+    command = "mlxperf " + " ".join(sys.argv[1:]) if sys.argv[1:] else "mlxperf bisect ..."
+    atomic_write(
+        args.out / "issue.md",
+        result.markdown(machine.machine_id(machine.fingerprint()), command),
+    )
+    comparison = all_groups_comparison(run)
+    if comparison is not None:
+        atomic_write(args.out / "report.html", html_report(comparison))
+    print(f"issue.md and report.html in {args.out}")
+    return 0 if result.first_differs else 1
+
+
 def _add_results_parsers(sub: argparse._SubParsersAction) -> None:
     tolerance, alpha = OPTIONS_BY_NAME["tolerance"], OPTIONS_BY_NAME["alpha"]
 
@@ -161,6 +214,16 @@ def _add_results_parsers(sub: argparse._SubParsersAction) -> None:
             default=alpha.default,
             metavar=alpha.metavar,
             help=f"{alpha.help} (default {alpha.default})",
+        )
+
+    def rounds(parser: argparse.ArgumentParser, max_rounds: int) -> None:
+        """The A/B gate's bounds: rounds before deciding, rounds at most, minutes."""
+        parser.add_argument("--min-rounds", type=int, default=3, help="rounds before deciding (3)")
+        parser.add_argument(
+            "--max-rounds", type=int, default=max_rounds, help=f"rounds at most ({max_rounds})"
+        )
+        parser.add_argument(
+            "--budget", type=float, default=10.0, metavar="MINUTES", help="minutes (10)"
         )
 
     def pooled(parser: argparse.ArgumentParser) -> None:
@@ -225,11 +288,7 @@ def _add_results_parsers(sub: argparse._SubParsersAction) -> None:
         help="an environment variable for one environment's processes (repeatable)",
     )
     judging(ab)
-    ab.add_argument("--min-rounds", type=int, default=3, help="rounds before deciding (3)")
-    ab.add_argument("--max-rounds", type=int, default=10, help="rounds at most (10)")
-    ab.add_argument(
-        "--budget", type=float, default=10.0, metavar="MINUTES", help="time budget (10 min)"
-    )
+    rounds(ab, max_rounds=10)
     ab.add_argument(
         "--order",
         choices=("alternate", "random"),
@@ -252,6 +311,49 @@ def _add_results_parsers(sub: argparse._SubParsersAction) -> None:
     )
     ab.add_argument("pytest_args", nargs="*", metavar="-- PYTEST_ARGS", help="the perf suite")
     ab.set_defaults(func=_ab)
+
+    bisect = sub.add_parser(
+        "bisect",
+        help="find the release of a package that changed a perf suite's numbers",
+        description="Binary-search the releases of PACKAGE between GOOD and BAD for the first "
+        "one whose interleaved A/B verdict against GOOD differs (a regression or an "
+        "improvement of the metrics that differ at BAD). Each candidate gets its own cached "
+        "environment: the candidate, the --pin requirements and this pytest-mlxperf. "
+        "Everything after -- goes to pytest, e.g.: mlxperf bisect mlx-lm 0.26.4 0.32.2 "
+        "--pin 'mlx[cpu]==0.32.4' -- tests/perf/test_example_perf.py -k mlx. "
+        "Exit 0 when the release is found, 1 when not, 2 on bad input.",
+    )
+    bisect.add_argument("package", nargs="?", help="the package whose releases are searched")
+    bisect.add_argument("good", nargs="?", help="a version without the change")
+    bisect.add_argument("bad", nargs="?", help="a version with it")
+    bisect.add_argument(
+        "--pin",
+        action="append",
+        default=[],
+        metavar="REQUIREMENT",
+        help="a requirement installed with every candidate, e.g. 'mlx[cpu]==0.32.4' (repeatable)",
+    )
+    bisect.add_argument(
+        "--pin-if",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("SPECIFIER", "REQUIREMENT"),
+        help="a requirement for the candidates whose version matches SPECIFIER, e.g. "
+        "--pin-if '<0.30' 'transformers<5' (repeatable)",
+    )
+    bisect.add_argument("--metric", help="follow only this metric (default: all that differ)")
+    judging(bisect)
+    rounds(bisect, max_rounds=8)
+    bisect.add_argument(
+        "--out", type=Path, default=Path("results/bisect"), help="folder for state and results"
+    )
+    bisect.add_argument("--project", type=Path, default=Path("."), help="pytest-mlxperf to install")
+    bisect.add_argument("--extras", default="synth", help="its extras to install (synth)")
+    bisect.add_argument("--env-dir", type=Path, help="environment cache (MODEL_CACHE/envs)")
+    bisect.add_argument("--clean", action="store_true", help="empty the environment cache")
+    bisect.add_argument("pytest_args", nargs="*", metavar="-- PYTEST_ARGS", help="the perf suite")
+    bisect.set_defaults(func=_bisect)
 
     export = sub.add_parser(
         "export", help="convert a results file to Bencher (BMF) or pytest-benchmark JSON"

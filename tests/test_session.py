@@ -228,16 +228,20 @@ def test_baseline_of_an_older_fingerprint_says_to_re_record(tmp_path: Path) -> N
     assert note.endswith("(name equivalent machines with --mlxperf-machine)")
 
 
-def test_llamacpp_threads_default_to_physical_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_llamacpp_threads_default_to_all_physical_cores_but_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import psutil
 
     from pytest_mlxperf.backends.llamacpp import default_threads
 
     monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 6 if not logical else 12)
-    assert default_threads() == 6
+    assert default_threads() == 5
     monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: None if not logical else 12)
     monkeypatch.setattr("os.cpu_count", lambda: 3)
-    assert default_threads() == 3  # physical count unknown: logical cores
+    assert default_threads() == 2  # physical count unknown: logical cores
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert default_threads() == 1  # never none
 
 
 @pytest.mark.usefixtures("synth_cache")
