@@ -175,6 +175,8 @@ class EnvironmentCache:
 class Tested:
     """One version's outcome: ``same`` / ``differs`` / ``skipped`` / ``undecided``."""
 
+    __test__ = False  # a name pytest would otherwise try to collect
+
     version: str
     outcome: str
     note: str = ""

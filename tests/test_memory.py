@@ -39,12 +39,16 @@ def test_platform_facts() -> None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
 def test_linux_peak_resets_to_current() -> None:
+    import psutil
+
+    # relative to what this process already holds: earlier tests of the session may hold a lot
+    before = psutil.Process().memory_info().rss
     block = bytearray(300_000_000)
     block[::4096] = b"x" * len(block[::4096])  # touch every page
     del block
-    assert memory.peak() >= 300_000_000
+    assert memory.peak() >= before + 280_000_000  # the block, less pages the kernel shares
     assert memory.reset_peak()
-    assert memory.peak() < 250_000_000
+    assert memory.peak() < before + 150_000_000
 
 
 @pytest.mark.usefixtures("synth_cache")
