@@ -91,6 +91,8 @@ class ABRun:
     alpha: float = 0.01
     process_timeout_s: float = 1800.0
     say: Callable[[str], None] = print
+    # the metrics whose verdict ends the rounds (all gated ones when empty)
+    deciding: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         if len(self.environments) < 2:
@@ -191,6 +193,7 @@ class ABRun:
             round_start = time.monotonic()
             for i in order:
                 env = self.environments[i]
+                self.say(f"round {r + 1}/{self.max_rounds}: running {env.name} ({env.python})")
                 seconds = self._process(env, r)
                 self.say(f"round {r + 1}/{self.max_rounds}: {env.name} done in {seconds:.1f} s")
             durations.append(time.monotonic() - round_start)
@@ -200,7 +203,11 @@ class ABRun:
             comparison = compare_groups(
                 self.groups(rounds), 0, self.tolerances, self.alpha, final=False
             )
-            undecided = len(comparison.undecided)
+            undecided = sum(
+                1
+                for row, _ in comparison.undecided
+                if not self.deciding or row.metric.name in self.deciding
+            )
             elapsed = time.monotonic() - started
             if not undecided:
                 stop = f"every gated metric decided after {rounds} rounds"

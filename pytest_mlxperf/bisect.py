@@ -338,6 +338,7 @@ class BisectRun:
             tolerances=self.tolerances,
             alpha=self.alpha,
             say=lambda line: self.say(f"  {version}: {line}"),
+            deciding=[self.metric] if self.metric else [],
         )
         return run.run().comparison
 
@@ -458,8 +459,9 @@ class BisectResult:
         short = [n.split("::")[-1] for n in names]
         return aligned(["version", "outcome", *short, "note"], rows)
 
-    def markdown(self, machine: str, command: str) -> str:
-        """A snippet for an upstream issue: the finding, the table, the machine, the command."""
+    def markdown(self, machine: str, command: str, held: str) -> str:
+        """A snippet for an upstream issue: the finding, the table, the machine, what was held
+        fixed, and the command that reproduces it."""
         followed = ", ".join(f"`{n}` ({v} at {self.bad})" for n, v in self.followed.items())
         lines = [
             f"**{self.summary()}.**",
@@ -479,8 +481,9 @@ class BisectResult:
                 lines.append(f"| {version} | {t.outcome} | {cells} |")
         lines += [
             "",
-            f"Machine: `{machine}`. Each version judged against {self.good} by an interleaved "
-            "A/B run (fresh processes, rounds alternating, per-process medians, 99% CI).",
+            f"Machine: `{machine}`. Held fixed in every environment: {held}. Each version "
+            f"judged against {self.package} {self.good} by an interleaved A/B run (fresh "
+            "processes, rounds alternating, per-process medians paired by round, 99% CI).",
             "",
             f"Reproduce: `{command}`",
         ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -175,10 +176,11 @@ def _bisect(args: argparse.Namespace) -> int:
         f"{result.environments_built} gate(s) run in {result.seconds / 60:.1f} min; "
         f"state: {run.state_path}"
     )
-    command = "mlxperf " + " ".join(sys.argv[1:]) if sys.argv[1:] else "mlxperf bisect ..."
+    command = "mlxperf " + shlex.join(sys.argv[1:])
+    held = ", ".join([*args.pin, *(f"{req} (for {spec})" for spec, req in args.pin_if)])
     atomic_write(
         args.out / "issue.md",
-        result.markdown(machine.machine_id(machine.fingerprint()), command),
+        result.markdown(machine.machine_id(machine.fingerprint()), command, held or "nothing"),
     )
     comparison = all_groups_comparison(run)
     if comparison is not None:
@@ -383,7 +385,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from pytest_mlxperf.results import InputError
 
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # everything after "--" goes to pytest (ab, bisect), whatever argparse would make of it
+    rest = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = build_parser().parse_args(argv[: len(argv) - len(rest) - 1] if rest else argv)
+    if hasattr(args, "pytest_args"):
+        args.pytest_args = [*args.pytest_args, *rest]
+    elif rest:
+        build_parser().error(f"mlxperf {args.command} takes no pytest arguments after --")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return int(func(args))

@@ -18,6 +18,7 @@ from pytest_mlxperf.bisect import (
     SKIPPED,
     UNDECIDED,
     BisectError,
+    BisectResult,
     BisectRun,
     EnvironmentCache,
     Tested,
@@ -143,3 +144,30 @@ def test_the_command_needs_its_arguments_and_cleans_on_request(tmp_path: Path) -
         timeout=60,
     )
     assert done.returncode == 0 and "removed 0 environment(s)" in done.stdout
+
+
+def test_the_result_reads_as_a_table_and_an_upstream_snippet() -> None:
+    metric = "tests/perf/t.py::test_a[mlx] mlx:m:pp128+tg64 prompt_tps"
+    result = BisectResult(
+        "mlx-lm",
+        "0.26.4",
+        "0.32.2",
+        ["0.26.4", "0.27.0", "0.28.2", "0.32.2"],
+        "0.26.4",
+        "0.27.0",
+        [
+            Tested("0.32.2", DIFFERS, changes={metric: "+38.9%"}),
+            Tested("0.28.2", DIFFERS, changes={metric: "+38.5%"}),
+            Tested("0.27.0", DIFFERS, changes={metric: "+39.1%"}),
+        ],
+        {metric: "improvement"},
+        3,
+        474.0,
+    )
+    assert result.summary().startswith("mlx-lm 0.27.0 is the first release that differs")
+    table = result.table().splitlines()
+    assert [line.split()[0] for line in table[2:]] == ["0.27.0", "0.28.2", "0.32.2"]
+    snippet = result.markdown("linux-x86_64-abc", "mlxperf bisect mlx-lm 0.26.4 0.32.2", "mlx 1")
+    assert "| 0.27.0 | differs | +39.1% |" in snippet
+    assert "`linux-x86_64-abc`" in snippet and "Held fixed in every environment: mlx 1" in snippet
+    assert snippet.rstrip().endswith("`mlxperf bisect mlx-lm 0.26.4 0.32.2`")
