@@ -4,7 +4,9 @@ session's policy of a fresh worker per measurement where the peak cannot be rese
 from __future__ import annotations
 
 import struct
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -37,18 +39,32 @@ def test_platform_facts() -> None:
     assert memory.reset_peak("darwin") is False
 
 
+def in_fresh_process(code: str) -> list[int]:
+    """Run ``code`` in a new interpreter and return the integers it prints: memory figures of
+    this test process depend on what earlier tests left in its allocator (freed but resident
+    memory is reused without the RSS growing)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "from pytest_mlxperf import memory\n" + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return [int(v) for v in done.stdout.split()]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
 def test_linux_peak_resets_to_current() -> None:
-    import psutil
-
-    # relative to what this process already holds: earlier tests of the session may hold a lot
-    before = psutil.Process().memory_info().rss
-    block = bytearray(300_000_000)
-    block[::4096] = b"x" * len(block[::4096])  # touch every page
-    del block
-    assert memory.peak() >= before + 280_000_000  # the block, less pages the kernel shares
-    assert memory.reset_peak()
-    assert memory.peak() < before + 150_000_000
+    peak, reset, after = in_fresh_process(
+        """
+        block = bytearray(300_000_000)
+        block[::4096] = b"x" * len(block[::4096])  # touch every page
+        del block
+        print(memory.peak(), int(memory.reset_peak()), memory.peak())
+        """
+    )
+    assert peak >= 300_000_000 and reset == 1
+    assert after < 250_000_000
 
 
 @pytest.mark.usefixtures("synth_cache")
@@ -168,13 +184,17 @@ def test_parse_rusage_v4_reads_the_current_footprint_too() -> None:
 
 
 def test_usage_of_this_process_sees_an_allocation() -> None:
-    before, swap = memory.usage()
-    block = bytearray(100_000_000)
-    block[::4096] = b"x" * len(block[::4096])
-    after, _ = memory.usage()
-    del block
+    before, after, swap = in_fresh_process(
+        """
+        before, swap = memory.usage()
+        block = bytearray(100_000_000)
+        block[::4096] = b"x" * len(block[::4096])
+        after, _ = memory.usage()
+        print(before, after, -1 if swap is None else swap)
+        """
+    )
     assert after - before > 90_000_000
-    assert swap is None or swap >= 0
+    assert swap >= -1
 
 
 def test_memory_growth_is_per_repetition_and_relative_to_the_start() -> None:
