@@ -48,7 +48,9 @@ CANARY_METRICS = {
             0.10,
             "seconds per trial of L2-resident float32 multiply-add sweeps (single-threaded)",
         ),
-        _metric("canary_memory", 0.30, "seconds per trial of copying a 64 MB buffer twice"),
+        # memory bandwidth of a shared VM is heavy-tailed: two sessions of one CI run measured
+        # 7.4 and 11.9 ms (1.6x), so only a change beyond 2x counts as another machine
+        _metric("canary_memory", 1.00, "seconds per trial of copying a 64 MB buffer twice"),
     )
 }
 

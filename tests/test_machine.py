@@ -153,8 +153,10 @@ def test_canary_beyond_its_noise_is_a_shift_in_either_direction() -> None:
     assert text.startswith("canary compute 1.92x faster than when the baseline was recorded")
     assert shift.p_value is not None and shift.p_value < 0.05
     assert f"p={shift.p_value:.3g}, n=5/5)" in text
-    (shift,) = canary_shifts(STEADY, scaled(STEADY, "canary_memory", 1.6))
-    assert describe_shift(shift).startswith("canary memory 1.60x slower")
+    (shift,) = canary_shifts(STEADY, scaled(STEADY, "canary_memory", 2.5))
+    assert describe_shift(shift).startswith("canary memory 2.50x slower")
+    # memory bandwidth's own tail: 1.6x slower between two sessions of one machine is no shift
+    assert canary_shifts(STEADY, scaled(STEADY, "canary_memory", 1.6)) == []
 
 
 @pytest.mark.parametrize("current", [None, {}, {"canary_compute": STEADY["canary_compute"]}])
