@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pytest_mlxperf.comparison import Comparison, ResultsGroup, compare_groups
-from pytest_mlxperf.results import InputError, load_results, write_json
+from pytest_mlxperf.results import InputError, ResultsFile, load_results, write_json
 
 ORDERS = ("alternate", "random")
 OUTPUT_TAIL = 25  # lines of a failed process's output shown in the error
@@ -93,6 +93,7 @@ class ABRun:
     say: Callable[[str], None] = print
     # the metrics whose verdict ends the rounds (all gated ones when empty)
     deciding: Sequence[str] = ()
+    _read: dict[Path, ResultsFile] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.environments) < 2:
@@ -169,12 +170,16 @@ class ABRun:
             )
         return time.monotonic() - started
 
+    def _results(self, env: Environment, round_index: int) -> ResultsFile:
+        """A finished process's results file, read once for the whole run."""
+        path = self.results_path(env, round_index)
+        if path not in self._read:
+            self._read[path] = load_results(path)
+        return self._read[path]
+
     def groups(self, rounds: int) -> list[ResultsGroup]:
         return [
-            ResultsGroup(
-                env.name,
-                tuple(load_results(self.results_path(env, r)) for r in range(rounds)),
-            )
+            ResultsGroup(env.name, tuple(self._results(env, r) for r in range(rounds)))
             for env in self.environments
         ]
 

@@ -113,10 +113,7 @@ class ResultsGroup:
                 merged = pooled[key]
                 merged["processes"] += 1
                 for name, values in record["samples"].items():
-                    merged["samples"] = {
-                        **merged["samples"],
-                        name: [*merged["samples"].get(name, []), *values],
-                    }
+                    merged["samples"].setdefault(name, []).extend(values)
         return pooled
 
     def processes(self, key: tuple[str, str], metric_name: str) -> list[list[float]]:

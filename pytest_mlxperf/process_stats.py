@@ -191,6 +191,8 @@ def compare_processes(
     (paired only): ``"t"``, a t interval of the mean log ratio, or ``"rank"``, the
     Hodges-Lehmann estimate with the Wilcoxon signed-rank interval, which a disturbed round
     cannot drag but which needs 7 rounds to reach alpha 0.01."""
+    if method not in ("t", "rank"):
+        raise ValueError(f"unknown method {method!r}: use 't' or 'rank'")
     ref, cur = process_medians(reference), process_medians(current)
     if len(ref) < MIN_PROCESSES or len(cur) < MIN_PROCESSES:
         raise ValueError(
@@ -235,8 +237,6 @@ def compare_processes(
         worse = sign * mean
         p_reg = _signed_rank_p([sign * v - worse_limit for v in d], "greater")
         p_imp = _signed_rank_p([-sign * v - better_limit for v in d], "greater")
-    elif method not in ("t", "rank"):
-        raise ValueError(f"unknown method {method!r}: use 't' or 'rank'")
     worse_lo, worse_hi = sorted((sign * lo, sign * hi))
     note = ""
     if se == 0:
