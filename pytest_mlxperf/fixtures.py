@@ -13,6 +13,8 @@ from pytest_mlxperf import pytest_benchmark_bridge as bridge
 from pytest_mlxperf.backends import BackendUnavailable, LoadedModel
 from pytest_mlxperf.baseline import BaselineError
 from pytest_mlxperf.config import Settings, SettingsError, with_marker
+from pytest_mlxperf.serving.bench import ServeWorkload
+from pytest_mlxperf.serving.server import Server
 from pytest_mlxperf.session import PerfResult, PerfSession
 from pytest_mlxperf.worker import USER_ERRORS
 from pytest_mlxperf.workload import Workload
@@ -69,31 +71,63 @@ class MlxPerf:
         except CLEAR_ERRORS as exc:
             fail_with_message(exc)
 
+    def serve(self, backend: str, source: str = DEFAULT_MODEL, *args: str) -> Server:
+        """Start ``backend``'s OpenAI-compatible server ("mlx": ``mlx_lm.server``, "llamacpp":
+        llama-cpp-python's) on ``source`` (any source ``load`` takes) on 127.0.0.1 with a free
+        port, once per session; ``args`` go to its command line. It is stopped at the end of
+        the session, and started again if it died. Measure it with ``measure``; its ``url``
+        and ``complete`` serve a pipeline timed with ``time``. A server whose packages are not
+        installed skips the test with the install command."""
+        try:
+            return self._session.serve(backend, source, args)
+        except BackendUnavailable as exc:
+            pytest.skip(str(exc))
+        except CLEAR_ERRORS as exc:
+            fail_with_message(exc)
+
+    def connect(self, url: str, model: str | None = None) -> Server:
+        """A server someone else runs (ollama, LM Studio, llama.cpp's ``llama-server``, ...)
+        at ``url``; ``model`` names the model where it serves more than one. Its identity is
+        what it reports of itself, so it is never compared with a local measurement."""
+        try:
+            return self._session.connect(url, model)
+        except BackendUnavailable as exc:
+            pytest.skip(str(exc))
+        except CLEAR_ERRORS as exc:
+            fail_with_message(exc)
+
     def measure(
         self,
-        model: LoadedModel,
-        workload: Workload | None = None,
+        model: LoadedModel | Server,
+        workload: Workload | ServeWorkload | None = None,
         *,
         name: str | None = None,
         **workload_fields: Any,
     ) -> PerfResult:
         """Measure ``model`` on a workload (a ``Workload`` or its fields as keyword arguments,
-        e.g. ``prompt_tokens=512, generation_tokens=128``) and judge it against the baseline."""
+        e.g. ``prompt_tokens=512, generation_tokens=128``) and judge it against the baseline.
+        A ``Server`` takes a ``ServeWorkload`` or its fields (``prompt_tokens``,
+        ``generation_tokens``, ``concurrency``, ``requests``, ``seed``)."""
+        kind = ServeWorkload if isinstance(model, Server) else Workload
         if workload is not None and workload_fields:
-            raise TypeError("pass either a Workload or workload fields, not both")
-        unknown = sorted(set(workload_fields) - set(Workload.field_names()))
+            raise TypeError("pass either a workload or workload fields, not both")
+        if workload is not None and not isinstance(workload, kind):
+            raise TypeError(f"a {type(model).__name__} is measured with a {kind.__name__}")
+        unknown = sorted(set(workload_fields) - set(kind.field_names()))
         if unknown:
             raise TypeError(
                 f"unknown workload field(s) {', '.join(unknown)}; "
-                f"known: {', '.join(Workload.field_names())}"
+                f"known: {', '.join(kind.field_names())}"
+            )
+        nodeid = self._item.nodeid
+        if isinstance(model, Server):
+            serve_workload = workload or ServeWorkload(**workload_fields)
+            return self._record(
+                lambda: self._session.run_server(nodeid, model, serve_workload, self.settings, name)
             )
         return self._record(
             lambda: self._session.run(
-                self._item.nodeid,
-                model,
-                workload or Workload(**workload_fields),
-                self.settings,
-                name,
+                nodeid, model, workload or Workload(**workload_fields), self.settings, name
             )
         )
 

@@ -1,5 +1,6 @@
-"""Process-level memory of the current process: its peak (and whether that can be reset), and
-what it uses now (resident and swapped out).
+"""Process-level memory of the current process (or of another of the same user, such as a server
+the fixture started: ``pid``): its peak (and whether that can be reset), and what it uses now
+(resident and swapped out).
 
 Linux: ``VmHWM`` from ``/proc/self/status``, reset by writing ``5`` to ``/proc/self/clear_refs``;
 now: ``VmRSS`` and ``VmSwap``. macOS: the lifetime maximum *physical footprint*
@@ -52,13 +53,17 @@ def parse_rusage_v4(buffer: bytes, field: int = _LIFETIME_MAX_FOOTPRINT) -> int:
     return int(fields[1 + field])
 
 
-def _macos_rusage_v4() -> bytes:
+def _proc(pid: int | None, name: str) -> Path:
+    return Path(f"/proc/{'self' if pid is None else pid}/{name}")
+
+
+def _macos_rusage_v4(pid: int | None) -> bytes:
     import ctypes
     import os
 
     libc = ctypes.CDLL("/usr/lib/libSystem.B.dylib", use_errno=True)
     buffer = ctypes.create_string_buffer(16 + 8 * _V4_FIELDS)
-    if libc.proc_pid_rusage(os.getpid(), RUSAGE_INFO_V4, buffer) != 0:
+    if libc.proc_pid_rusage(pid or os.getpid(), RUSAGE_INFO_V4, buffer) != 0:
         raise OSError(ctypes.get_errno(), "proc_pid_rusage failed")
     return buffer.raw
 
@@ -68,23 +73,28 @@ def resettable(system: str = sys.platform) -> bool:
     return system.startswith("linux")
 
 
-def reset_peak(system: str = sys.platform) -> bool:
+def reset_peak(system: str = sys.platform, pid: int | None = None) -> bool:
     """Reset the process high-water mark to the current RSS; ``False`` where impossible."""
     if not resettable(system):
         return False
     try:
-        Path("/proc/self/clear_refs").write_text("5")
+        _proc(pid, "clear_refs").write_text("5")
     except OSError:
         return False
     return True
 
 
-def peak(system: str = sys.platform) -> int:
-    """Peak memory of this process in bytes since start or the last reset."""
+def peak(system: str = sys.platform, pid: int | None = None) -> int:
+    """Peak memory of this process (or ``pid``) in bytes since start or the last reset."""
     if system.startswith("linux"):
-        return parse_vmhwm(Path("/proc/self/status").read_text())
+        return parse_vmhwm(_proc(pid, "status").read_text())
     if system == "darwin":
-        return parse_rusage_v4(_macos_rusage_v4())
+        return parse_rusage_v4(_macos_rusage_v4(pid))
+    if pid is not None:
+        import psutil
+
+        info = psutil.Process(pid).memory_info()
+        return int(getattr(info, "peak_wset", info.rss))  # Windows has a peak; others: now
     import resource
 
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -95,9 +105,9 @@ def usage(system: str = sys.platform) -> tuple[int, int | None]:
     report it per process. Resident is what a leak makes grow: RSS on Linux, the physical
     footprint on macOS (Metal buffers included)."""
     if system.startswith("linux"):
-        return parse_vm_usage(Path("/proc/self/status").read_text())
+        return parse_vm_usage(_proc(None, "status").read_text())
     if system == "darwin":
-        return parse_rusage_v4(_macos_rusage_v4(), _PHYS_FOOTPRINT), None
+        return parse_rusage_v4(_macos_rusage_v4(None), _PHYS_FOOTPRINT), None
     import psutil
 
     return int(psutil.Process().memory_info().rss), None

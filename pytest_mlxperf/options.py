@@ -336,7 +336,8 @@ OPTIONS: tuple[Option, ...] = (
         "timeout",
         parse_positive_seconds,
         600.0,
-        "seconds one load or repetition may take in a worker before it is stopped",
+        "seconds one load or repetition may take in a worker before it is stopped; for "
+        "servers, the start and each request",
         type=float,
         metavar="SECONDS",
     ),

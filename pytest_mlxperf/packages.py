@@ -15,12 +15,15 @@ PACKAGES = ("mlx", "mlx-metal", "mlx-cpu", "mlx-cuda", "mlx-lm", "llama-cpp-pyth
 BACKEND_PACKAGES: dict[str, tuple[str, ...]] = {
     "mlx": ("mlx", "mlx-metal", "mlx-cpu", "mlx-cuda", "mlx-lm"),
     "llamacpp": ("llama-cpp-python",),
+    "mlx-server": ("mlx", "mlx-metal", "mlx-cpu", "mlx-cuda", "mlx-lm"),
+    "llamacpp-server": ("llama-cpp-python",),
 }
 # the install command of each extra of pytest-mlxperf
 INSTALL_HINTS = {
     "mlx": 'pip install "pytest-mlxperf[mlx]"',
     "llamacpp": 'pip install "pytest-mlxperf[llamacpp]"',
     "synth": 'pip install "pytest-mlxperf[synth]"',
+    "server": 'pip install "pytest-mlxperf[server]"',
 }
 # Build variants of mlx (Linux CPU, macOS Metal, CUDA) share mlx's version; shown only if not.
 _MLX_VARIANTS = ("mlx-cpu", "mlx-metal", "mlx-cuda")

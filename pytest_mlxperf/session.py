@@ -19,12 +19,16 @@ from pytest_mlxperf.judge import judge
 from pytest_mlxperf.measure import Measurement, measure
 from pytest_mlxperf.progress import MeasurementProgress, ProgressFn, ProgressSink
 from pytest_mlxperf.results import PerfResult
+from pytest_mlxperf.serving import server as serving
+from pytest_mlxperf.serving.bench import ServeWorkload, measure_server
 from pytest_mlxperf.verdicts import Verdict
 from pytest_mlxperf.worker import WorkerModel
 from pytest_mlxperf.workload import Workload
 
 
-def _model_key(model: backends.LoadedModel, workload: Any, name: str | None) -> str:
+def _model_key(
+    model: backends.LoadedModel | serving.Server, workload: Any, name: str | None
+) -> str:
     """A measurement's key within its test: the given name, or backend, model and workload."""
     return name or f"{model.backend}:{model.identity['name']}:{workload.label}"
 
@@ -57,6 +61,7 @@ class PerfSession:
         self.rootdir = rootdir
         self.store = BaselineStore(rootdir / settings.baselines_dir)
         self.models: dict[tuple[str, str], backends.LoadedModel] = {}
+        self.servers: dict[tuple[str, ...], serving.Server] = {}
         self.results: list[PerfResult] = []  # measured in this process
         self.records: list[dict[str, Any]] = []  # all results of the run, as JSON records
         self.xdist_dir: Path | None = None
@@ -98,10 +103,40 @@ class PerfSession:
                 self.models[key] = backends.load(backend, source, cache)
         return self.models[key]
 
+    def serve(self, backend: str, source: str, args: tuple[str, ...] = ()) -> serving.Server:
+        """Start ``backend``'s server on ``source`` once per session (``serving.server.serve``);
+        later calls reuse it, and a server that died is started again."""
+        key = (backend, source, *args)
+        server = self.servers.get(key)
+        if server is not None and not server.alive:
+            server.close()
+            server = None
+        if server is None:
+            if self.progress is not None:
+                self.progress.show(
+                    f"mlxperf starting {backend} server on {source!r}", done=False, essential=False
+                )
+            cache = Path(self.settings.cache_dir) if self.settings.cache_dir else None
+            server = self.servers[key] = serving.serve(
+                backend, source, args, cache_dir=cache, timeout=self.settings.timeout
+            )
+        return server
+
+    def connect(self, url: str, model: str | None = None) -> serving.Server:
+        """A server someone else runs (``serving.server.connect``), once per session."""
+        key = ("connect", url, model or "")
+        if key not in self.servers:
+            self.servers[key] = serving.connect(url, model, timeout=self.settings.timeout)
+        return self.servers[key]
+
     def close(self) -> None:
+        """Release every model and stop every started server."""
         for model in self.models.values():
             model.close()
         self.models.clear()
+        for server in self.servers.values():
+            server.close()
+        self.servers.clear()
 
     def run(
         self,
@@ -119,6 +154,30 @@ class PerfSession:
             model.load_time,
             settings,
             _restarter(model),
+        )
+
+    def run_server(
+        self,
+        nodeid: str,
+        server: serving.Server,
+        workload: ServeWorkload,
+        settings: Settings,
+        name: str | None = None,
+    ) -> PerfResult:
+        """Measure a server on a workload of streamed requests and gate it (see ``gate``)."""
+        return self.gate(
+            nodeid,
+            _model_key(server, workload, name),
+            lambda: measure_server(
+                server,
+                workload,
+                warmup=settings.warmup,
+                repetitions=settings.repetitions,
+                cooldown=settings.cooldown,
+                progress=self.reporting,
+            ),
+            server.load_time,
+            settings,
         )
 
     def finetune(
@@ -256,6 +315,7 @@ class PerfSession:
             baseline_path=self.store.path_for(nodeid),
             provenance=self.provenance,
             canary=self.canary,
+            notes=list(measurement.notes),
         )
         return judge(result, entry, others, self.fingerprint, settings)
 

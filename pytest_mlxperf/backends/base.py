@@ -47,8 +47,9 @@ class RawSample:
 
 @dataclass
 class Measurement:
-    """Everything one measurement produced: identity, per-repetition metric samples, and
-    the raw records they were derived from."""
+    """Everything one measurement produced: identity, per-repetition metric samples, the raw
+    records they were derived from, and notes on what it could not measure or had to assume
+    (shown with the result)."""
 
     backend: str
     model: dict[str, Any]
@@ -58,6 +59,7 @@ class Measurement:
     warmup: int = 0
     wall_time: float = 0.0
     fingerprint: str | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 class LoadedModel(abc.ABC):

@@ -1,0 +1,245 @@
+"""A server measurement: a workload of streamed requests at a concurrency, repeated like any
+measurement (``measure.Repetitions``), and the metrics of each repetition.
+
+Per repetition, ``requests`` requests go out through ``concurrency`` workers (a closed loop: a
+worker sends its next request when its last one ends). Each request has its own exact-length
+prompt and must stream exactly ``generation_tokens`` tokens. The samples of one repetition:
+
+- ``ttft``, ``prompt_tps`` (prompt tokens / TTFT), ``generation_tps`` ((tokens - 1) / (last
+  token event - first), per request) and ``e2e_latency``: medians over the repetition's
+  requests; TTFT counts from the request being sent, so it includes HTTP and any queueing;
+- ``itl_p50``/``itl_p95``/``itl_p99``: percentiles of every gap between token events of the
+  repetition, each only when there are enough gaps for it to be more than the largest few
+  (``PERCENTILE_MIN_TAIL`` gaps beyond it), otherwise left out with a note;
+- ``throughput_tps``: all tokens generated / the repetition's wall time;
+- ``process_peak_memory``: the started server process's peak in the repetition;
+- ``server_prompt_tps``/``server_generation_tps``: what the server itself reports, where it
+  does (llama.cpp's server ``timings``), reported beside ours and not gated.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from pytest_mlxperf import memory
+from pytest_mlxperf.backends.base import Measurement
+from pytest_mlxperf.measure import Repetitions
+from pytest_mlxperf.progress import ProgressFn
+from pytest_mlxperf.serving.client import RequestRecord
+from pytest_mlxperf.serving.errors import ServerError
+from pytest_mlxperf.serving.server import COMPLETIONS, Server
+
+PERCENTILES = {"itl_p50": 0.50, "itl_p95": 0.95, "itl_p99": 0.99}
+# a percentile is reported when at least this many gaps lie beyond it (else it is the max)
+PERCENTILE_MIN_TAIL = 5
+# prompt tokens a server may serve from its cache before the prompt is not what was asked
+CACHED_SHARE_ALLOWED = 0.05
+
+
+@dataclass(frozen=True)
+class ServeWorkload:
+    """What one repetition of a server measurement sends: ``requests`` completions of
+    ``prompt_tokens`` prompt tokens and exactly ``generation_tokens`` generated ones (EOS
+    suppressed), ``concurrency`` at a time, streamed, greedy, seeded."""
+
+    prompt_tokens: int = 128
+    generation_tokens: int = 64
+    concurrency: int = 1
+    requests: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("prompt_tokens", "concurrency", "requests"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.generation_tokens < 2:
+            problems.append(
+                f"generation_tokens must be >= 2 to time decoding (got {self.generation_tokens})"
+            )
+        if self.requests < self.concurrency:
+            problems.append(
+                f"requests ({self.requests}) must be >= concurrency ({self.concurrency}): "
+                "fewer requests never reach that concurrency"
+            )
+        if problems:
+            raise ValueError("invalid server workload: " + "; ".join(problems))
+
+    @property
+    def label(self) -> str:
+        """``pp128+tg64 x4 c1``: prompt and generated tokens, requests, concurrency."""
+        return (
+            f"pp{self.prompt_tokens}+tg{self.generation_tokens} "
+            f"x{self.requests} c{self.concurrency}"
+        )
+
+    def identity(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+def percentile_or_note(gaps: Sequence[float], name: str) -> tuple[float | None, str | None]:
+    """(the percentile ``name`` of ``gaps``, None), or (None, why it is left out): too few gaps
+    beyond it for it to be more than one of the largest gaps."""
+    import numpy as np
+
+    q = PERCENTILES[name]
+    needed = round(PERCENTILE_MIN_TAIL / (1 - q))
+    if len(gaps) < needed:
+        return None, (
+            f"{name} not measured: {len(gaps)} inter-token gaps per repetition, and it needs "
+            f"{needed} (at least {PERCENTILE_MIN_TAIL} beyond it; with fewer it is one of the "
+            "largest gaps); raise requests or generation_tokens"
+        )
+    return float(np.percentile(gaps, q * 100)), None
+
+
+def repetition_samples(
+    records: Sequence[RequestRecord], wall: float, prompt_tokens: int
+) -> tuple[dict[str, float], list[str]]:
+    """The metrics of one repetition (see the module docstring), and notes on what is left out."""
+    import numpy as np
+
+    def median(values: Sequence[float]) -> float:
+        return float(np.median(values))
+
+    samples = {
+        "ttft": median([r.ttft for r in records]),
+        "prompt_tps": median([prompt_tokens / r.ttft for r in records]),
+        "e2e_latency": median([r.t_end - r.t_send for r in records]),
+        "throughput_tps": sum(r.completion_tokens for r in records) / wall,
+    }
+    decoding = [r for r in records if len(r.t_events) > 1]
+    if decoding:
+        samples["generation_tps"] = median(
+            [(r.completion_tokens - 1) / (r.t_events[-1] - r.t_events[0]) for r in decoding]
+        )
+    notes = []
+    gaps = [g for r in records for g in r.gaps]
+    for name in PERCENTILES:
+        value, note = percentile_or_note(gaps, name)
+        if value is None:
+            notes.append(str(note))
+        else:
+            samples[name] = value
+    timed = [r.server_timings for r in records if r.server_timings]
+    if timed and all("prompt_per_second" in t and "predicted_per_second" in t for t in timed):
+        samples["server_prompt_tps"] = median([t["prompt_per_second"] for t in timed])
+        samples["server_generation_tps"] = median([t["predicted_per_second"] for t in timed])
+    return samples, notes
+
+
+def check_work(record: RequestRecord, server: Server, workload: ServeWorkload) -> None:
+    """Refuse a request that did other work than asked: a different number of generated
+    tokens, a prompt of another length (where the server says), or a prompt served from the
+    server's cache."""
+    wanted = workload.generation_tokens
+    if record.completion_tokens > wanted:
+        raise ServerError(
+            f"{server.url} generated {record.completion_tokens} tokens for max_tokens={wanted}: "
+            "the server ignores max_tokens, and a speed figure from more work would be false"
+        )
+    if record.completion_tokens < wanted:
+        raise ServerError(
+            f"{server.url} stopped after {record.completion_tokens} of {wanted} tokens: it ended "
+            "generation early (EOS) although asked to ignore it (ignore_eos, min_tokens"
+            + (", logit_bias" if server.eos_ids else "")
+            + "); a speed figure from less work would be false"
+        )
+    if record.prompt_tokens is not None and record.prompt_tokens != workload.prompt_tokens:
+        raise ServerError(
+            f"{server.url} counted {record.prompt_tokens} prompt tokens, not the "
+            f"{workload.prompt_tokens} the prompt was built for"
+        )
+    cached = record.cached_tokens or 0
+    if cached > CACHED_SHARE_ALLOWED * workload.prompt_tokens:
+        raise ServerError(
+            f"{server.url} served {cached} of {workload.prompt_tokens} prompt tokens from its "
+            "prompt cache: the prompt was not processed, so TTFT would be false"
+        )
+
+
+def measure_server(
+    server: Server,
+    workload: ServeWorkload,
+    *,
+    warmup: int = 1,
+    repetitions: int = 5,
+    cooldown: float = 0.0,
+    progress: ProgressFn | None = None,
+) -> Measurement:
+    """``warmup`` untimed repetitions, then ``repetitions`` timed ones of ``workload`` against
+    ``server``; every request's work is checked (``check_work``)."""
+    protocol = Repetitions(warmup, repetitions, cooldown)
+    pid = server.process.pid if server.process is not None else None
+    notes: list[str] = []
+
+    def send(prompt: str) -> RequestRecord:
+        body = server.request_body(prompt, workload.generation_tokens, stream=True)
+        body["seed"] = workload.seed
+        record = server.client.stream(COMPLETIONS, body)
+        check_work(record, server, workload)
+        return record
+
+    def once() -> tuple[list[RequestRecord], float, int | None]:
+        texts = [server.prompt(workload.prompt_tokens) for _ in range(workload.requests)]
+        reset = pid is not None and memory.reset_peak(pid=pid)
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(workload.concurrency, thread_name_prefix="mlxperf-req") as pool:
+            futures = [pool.submit(send, text) for text in texts]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in done if f.exception() is not None]
+            if failed:
+                for future in futures:
+                    future.cancel()
+                raise failed[0].exception()  # type: ignore[misc]
+        wall = time.perf_counter() - t0
+        peak = memory.peak(pid=pid) if pid is not None else None
+        if pid is not None and not reset and not notes:
+            notes.append(
+                f"process_peak_memory is the server's lifetime peak: it cannot be reset on "
+                f"{sys.platform}"
+            )
+        return [f.result() for f in futures], wall, peak
+
+    def account(rep: tuple[list[RequestRecord], float, int | None]) -> tuple[int, str]:
+        records, wall, _ = rep
+        tokens = sum(workload.prompt_tokens + r.completion_tokens for r in records)
+        samples, _ = repetition_samples(records, wall, workload.prompt_tokens)
+        return tokens, (
+            f"TTFT {samples['ttft'] * 1e3:.0f} ms, "
+            f"{samples['throughput_tps']:.1f} tok/s generated in all"
+        )
+
+    reps, wall_time = protocol.run(once, progress, account)
+    samples: dict[str, list[float]] = {}
+    for records, wall, peak in reps:
+        rep_samples, rep_notes = repetition_samples(records, wall, workload.prompt_tokens)
+        if peak is not None:
+            rep_samples["process_peak_memory"] = float(peak)
+        for name, value in rep_samples.items():
+            samples.setdefault(name, []).append(value)
+        notes.extend(n for n in rep_notes if n.split()[0] not in {m.split()[0] for m in notes})
+    # a metric must have a sample in every repetition to be judged (a percentile may not)
+    samples = {k: v for k, v in samples.items() if len(v) == len(reps)}
+    counted = {r.counted for records, _, _ in reps for r in records}
+    if counted == {"events"}:
+        notes.append("generated tokens counted from stream events (the server sent no usage)")
+    return Measurement(
+        backend=server.backend,
+        model=server.identity,
+        workload=workload,
+        samples=samples,
+        raw=[records for records, _, _ in reps],
+        warmup=warmup,
+        wall_time=wall_time,
+        notes=notes,
+    )

@@ -1,0 +1,194 @@
+"""Starting and stopping a real inference server on loopback: ``mlx_lm.server`` for MLX models,
+llama-cpp-python's OpenAI-compatible server for GGUF files.
+
+A started server is a child process on ``127.0.0.1`` with a free port, its output in a log file
+(never a pipe, which a chatty server would fill and block on). It is stopped, and its process
+reaped, whatever happens: ``ServerProcess.stop`` at the end of a session, an ``atexit`` hook for
+an interpreter that exits another way (Ctrl-C included), and on Linux a parent-death signal, so
+that even a killed pytest leaves no orphan server behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pytest_mlxperf.serving.errors import ServerError
+
+# servers that may still be running: stopped at interpreter exit if nobody else did
+_RUNNING: weakref.WeakSet[ServerProcess] = weakref.WeakSet()
+_LOG_TAIL = 20
+
+
+@dataclass(frozen=True)
+class ServerKind:
+    """How to start one kind of server and how to tell it is ready."""
+
+    name: str  # as shown to people, e.g. "mlx_lm.server"
+    module: str  # run as ``python -m module``
+    ready_path: str  # GET answers 200 once the model is loaded
+    # arguments before the user's (which win where they repeat one)
+    default_args: Callable[[], tuple[str, ...]] = tuple
+
+
+def _llamacpp_defaults() -> tuple[str, ...]:
+    """llama-cpp-python's server, set up to be measured: a new request must not cut off the
+    one streaming (its default), and threads as for an in-process measurement
+    (``backends.llamacpp.default_threads``), not its own half of the logical cores."""
+    from pytest_mlxperf.backends.llamacpp import default_threads
+
+    threads = str(default_threads())
+    return ("--interrupt_requests", "False", "--n_threads", threads, "--n_threads_batch", threads)
+
+
+SERVER_KINDS = {
+    "mlx": ServerKind("mlx_lm.server", "mlx_lm.server", "/health"),
+    "llamacpp": ServerKind(
+        "llama_cpp.server", "llama_cpp.server", "/v1/models", _llamacpp_defaults
+    ),
+}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): be sent SIGTERM when the parent dies, so a killed
+    pytest cannot leave the server running."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+class ServerProcess:
+    """One started server process: its URL, its log, and a ``stop`` that always reaps it."""
+
+    def __init__(
+        self,
+        kind: ServerKind,
+        model_path: Path,
+        extra_args: tuple[str, ...] = (),
+        *,
+        python: str = sys.executable,
+        start_timeout: float = 120.0,
+    ) -> None:
+        self.kind = kind
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(tempfile.mkstemp(prefix=f"mlxperf-{kind.module}-", suffix=".log")[1])
+        self.command = [
+            python,
+            "-m",
+            kind.module,
+            "--model",
+            str(model_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *kind.default_args(),
+            *extra_args,
+        ]
+        started = time.perf_counter()
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C in the terminal is pytest's, not the server's
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
+        _RUNNING.add(self)
+        try:
+            self._wait_ready(start_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.start_time = time.perf_counter() - started
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = _LOG_TAIL) -> str:
+        """The last lines the server printed (its log file), for error messages."""
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.rstrip().splitlines()[-lines:])
+
+    def exit_report(self) -> str:
+        """Why the server is gone: its exit code (or signal) and the end of its log."""
+        code = self.process.poll()
+        how = (
+            f"killed by signal {-code}"
+            if code is not None and code < 0
+            else f"exited with code {code}"
+        )
+        tail = self.log_tail()
+        return f"{self.kind.name} ({self.url}, pid {self.pid}) {how}" + (
+            f"; the end of its log ({self.log_path}):\n{tail}" if tail else ""
+        )
+
+    def _wait_ready(self, timeout: float) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        url = self.url + self.kind.ready_path
+        while True:
+            if not self.alive:
+                raise ServerError(f"server did not start: {self.exit_report()}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url, timeout=2.0).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    f"{self.kind.name} was not ready at {url} after {timeout:.0f} s "
+                    f"(command: {' '.join(self.command)}); the end of its log:\n{self.log_tail()}"
+                )
+            time.sleep(0.1)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after ``grace`` seconds) and reap it; its
+        whole process group goes, so helpers it started go too. Safe to call twice."""
+        _RUNNING.discard(self)
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        with contextlib.suppress(OSError):
+            self.log_path.unlink()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for server in list(_RUNNING):
+        server.stop(grace=2.0)

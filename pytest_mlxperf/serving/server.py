@@ -1,0 +1,324 @@
+"""A server to measure: one the fixture started (``serve``) or one a user runs (``connect``), its
+identity, and prompts of an exact length in its own tokens.
+
+Identity: a started server is its backend's model identity (content hash included) plus the
+server program and its arguments; a connected one is what it reports of itself (model name, a
+digest where offered, its ``Server`` header's program name) plus the kind of host its URL
+names. A connected server's backend is ``remote``, so it is never compared with a local
+measurement.
+
+Exact prompts: the prompt is a run of words that are each one token of the server's tokenizer
+(found by asking it: its tokenize endpoint where it has one, otherwise the ``usage`` of a
+one-token completion), after whatever the server adds (BOS). Every prompt has a word order of
+its own, drawn from a generator seeded afresh for each ``Server`` object, so a server's prompt
+cache cannot serve one request from another, nor from an earlier run of the suite (a server
+someone else runs keeps its cache between runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import ipaddress
+import json
+import os
+import random
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pytest_mlxperf.serving.client import Client
+from pytest_mlxperf.serving.errors import ServerError
+from pytest_mlxperf.serving.launch import SERVER_KINDS, ServerProcess
+
+COMPLETIONS = "/v1/completions"
+# packages a started server of each backend needs (looked up, never imported here)
+SERVER_MODULES = {
+    "mlx": ("mlx_lm",),
+    "llamacpp": ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context"),
+}
+# common English words: a tokenizer's vocabulary has many of them as single tokens
+_WORDS = (
+    "the of and to in is that it for was on are as with be at by this have from or one had not "
+    "but what all were when we there can an your which their said if do will each about how up "
+    "out them then she many some so these would other into has more her two like him see time "
+    "could no make than first been its who now people my made over did down only way find use "
+    "may long little very after words called just where most know"
+)
+_MIN_WORDS = 4
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    """How to ask a server for a text's token count: an endpoint and its request/answer
+    shapes, or ``None`` for the ``usage`` of a one-token completion."""
+
+    path: str
+    field: str  # the request field that carries the text
+    extra: tuple[tuple[str, Any], ...] = ()
+
+
+# llama-cpp-python's server, then llama.cpp's own (with BOS, as a completion adds it)
+TOKENIZERS = (
+    Tokenizer("/extras/tokenize", "input"),
+    Tokenizer("/tokenize", "content", (("add_special", True),)),
+)
+
+
+def host_kind(url: str) -> str:
+    """``loopback``, ``private`` (LAN), or ``public``: where the server runs, as far as its URL
+    says; part of a connected server's identity."""
+    host = urlsplit(url).hostname or ""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except socket.gaierror as exc:
+        raise ServerError(f"cannot resolve the host of {url}: {exc}") from None
+    ips = [ipaddress.ip_address(a.split("%")[0]) for a in addresses]
+    if all(ip.is_loopback for ip in ips):
+        return "loopback"
+    return "private" if all(ip.is_private for ip in ips) else "public"
+
+
+class Server:
+    """A server to measure: where it is, what it serves, how to talk to it.
+
+    ``backend`` is ``mlx-server`` or ``llamacpp-server`` for a started server and ``remote``
+    for a connected one; ``process`` is the started server's process (``None`` otherwise)."""
+
+    def __init__(
+        self,
+        backend: str,
+        url: str,
+        model: str | None,
+        identity: dict[str, Any],
+        timeout: float,
+        process: ServerProcess | None = None,
+        eos_ids: tuple[int, ...] = (),
+        tokenizer: Tokenizer | None = None,
+    ) -> None:
+        self.backend = backend
+        self.url = url
+        self.model = model
+        self.identity = identity
+        self.process = process
+        self.eos_ids = eos_ids
+        self.tokenizer = tokenizer
+        self.load_time = process.start_time if process is not None else None
+        self.client = Client(url, timeout, self._diagnose)
+        self._single_words: tuple[list[str], int] | None = None
+        self._prompt_rng = random.Random(os.urandom(16))
+
+    def _diagnose(self) -> str | None:
+        if self.process is not None and not self.process.alive:
+            return self.process.exit_report()
+        return None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is None or self.process.alive
+
+    def close(self) -> None:
+        """Stop a started server (a connected one is left running) and close the client."""
+        self.client.close()
+        if self.process is not None:
+            self.process.stop()
+
+    def request_body(self, prompt: str, max_tokens: int, **fields: Any) -> dict[str, Any]:
+        """A completion request for exactly ``max_tokens`` tokens: EOS is suppressed every way
+        the known servers accept (``ignore_eos``: llama.cpp's server, vLLM; ``min_tokens``:
+        llama-cpp-python; a ``logit_bias`` against the EOS ids where they are known: mlx-lm),
+        and ``usage`` is asked for in the stream."""
+        body: dict[str, Any] = {
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+            "ignore_eos": True,
+            "min_tokens": max_tokens,
+            **fields,
+        }
+        if self.model is not None:
+            body["model"] = self.model
+        if self.eos_ids:
+            body["logit_bias"] = {str(i): -1e9 for i in self.eos_ids}
+        if body.get("stream"):
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    def complete(self, prompt: str, max_tokens: int = 64, **fields: Any) -> str:
+        """The text of a plain (non-streamed) completion: for a pipeline timed with
+        ``mlxperf.time``. Extra request fields (``temperature``, ``stop``, ...) override."""
+        answer = self.client.post(COMPLETIONS, self.request_body(prompt, max_tokens, **fields))
+        try:
+            return str(answer["choices"][0]["text"])
+        except (KeyError, IndexError, TypeError):
+            raise ServerError(
+                f"{self.url}{COMPLETIONS} answered without choices[0].text: {str(answer)[:300]}"
+            ) from None
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` becomes as a completion prompt on this server (BOS included)."""
+        if self.tokenizer is not None:
+            t = self.tokenizer
+            answer = self.client.post(t.path, {t.field: text, **dict(t.extra)})
+            return len(answer["tokens"])
+        body = self.request_body(text, 1)
+        del body["min_tokens"], body["ignore_eos"]
+        usage = self.client.post(COMPLETIONS, body).get("usage") or {}
+        if "prompt_tokens" not in usage:
+            raise ServerError(
+                f"{self.url} has no tokenize endpoint and reports no usage.prompt_tokens: "
+                "a prompt of an exact length cannot be built or checked"
+            )
+        return int(usage["prompt_tokens"])
+
+    def single_token_words(self) -> tuple[list[str], int]:
+        """Words that are one token each when written with a leading space, and the tokens the
+        server adds to any prompt (BOS): found once, with a few token counts."""
+        if self._single_words is None:
+            one = self.count_tokens(" the")
+            per_word = self.count_tokens(" the the") - one
+            if per_word != 1:
+                raise ServerError(
+                    f"{self.url}: ' the' is {per_word} tokens of this server's tokenizer; an "
+                    "exact-length prompt needs single-token words"
+                )
+            added = one - 1
+            found: list[str] = []
+            groups = [_WORDS.split()]
+            while groups:  # bisect: a group whose count is its length is all single tokens
+                group = groups.pop()
+                if self.count_tokens("".join(" " + w for w in group)) - added == len(group):
+                    found += group
+                elif len(group) > 1:
+                    groups += [group[: len(group) // 2], group[len(group) // 2 :]]
+            if len(found) < _MIN_WORDS:
+                raise ServerError(
+                    f"{self.url}: only {len(found)} common English words are single tokens of "
+                    "this server's tokenizer; an exact-length prompt cannot be built"
+                )
+            self._single_words = (sorted(found), added)
+        return self._single_words
+
+    def prompt(self, tokens: int) -> str:
+        """A prompt of exactly ``tokens`` tokens on this server, in a word order never sent
+        before."""
+        words, added = self.single_token_words()
+        count = tokens - added
+        if count < 1:
+            raise ServerError(
+                f"prompt_tokens={tokens} is too short: {self.url} adds {added} tokens to any prompt"
+            )
+        return "".join(" " + self._prompt_rng.choice(words) for _ in range(count))
+
+
+def _eos_ids(model_path: Path) -> tuple[int, ...]:
+    """The EOS token ids of an MLX model folder (config.json, generation_config.json)."""
+    ids: set[int] = set()
+    for name in ("config.json", "generation_config.json"):
+        with contextlib.suppress(OSError, ValueError):
+            value = json.loads((model_path / name).read_text()).get("eos_token_id")
+            ids.update([value] if isinstance(value, int) else value or [])
+    return tuple(sorted(ids))
+
+
+def check_server_available(backend: str) -> None:
+    """Raise ``ValueError`` for an unknown backend, ``BackendUnavailable`` when the server's
+    packages are not installed (looked up, not imported)."""
+    from pytest_mlxperf.backends import BackendUnavailable
+    from pytest_mlxperf.packages import INSTALL_HINTS
+
+    if backend not in SERVER_KINDS:
+        raise ValueError(
+            f"unknown server backend {backend!r}; known: {', '.join(SERVER_KINDS)} "
+            "(use mlxperf.connect for a server you run yourself)"
+        )
+    missing = [m for m in SERVER_MODULES[backend] if importlib.util.find_spec(m) is None]
+    if missing or importlib.util.find_spec("httpx") is None:
+        raise BackendUnavailable(
+            f"the {SERVER_KINDS[backend].name} server cannot run here (missing: "
+            f"{', '.join(missing or ['httpx'])}); install it with: {INSTALL_HINTS['server']}"
+        )
+
+
+def serve(
+    backend: str,
+    source: str,
+    args: tuple[str, ...] = (),
+    *,
+    cache_dir: Path | None = None,
+    timeout: float = 600.0,
+) -> Server:
+    """Start ``backend``'s server on ``source`` (any model source ``mlxperf.load`` takes) on
+    127.0.0.1 and wait until it is ready; ``args`` go to the server's command line."""
+    from pytest_mlxperf.sources import resolve
+
+    check_server_available(backend)
+    kind = SERVER_KINDS[backend]
+    resolved = resolve(backend, source, cache_dir)
+    process = ServerProcess(kind, resolved.path, tuple(args), start_timeout=timeout)
+    # the server's version is provenance, like a backend's: an upgrade compares the two
+    identity = resolved.identity(f"{backend}-server", server=kind.name, server_args=list(args))
+    return Server(
+        f"{backend}-server",
+        process.url,
+        None,
+        identity,
+        timeout,
+        process=process,
+        eos_ids=_eos_ids(resolved.path) if backend == "mlx" else (),
+        tokenizer=TOKENIZERS[0] if backend == "llamacpp" else None,
+    )
+
+
+def _listed_models(client: Client) -> list[dict[str, Any]]:
+    answer = client.get("/v1/models")
+    data = answer.get("data") if isinstance(answer, dict) else None
+    return [m for m in data or [] if isinstance(m, dict) and "id" in m]
+
+
+def connect(url: str, model: str | None = None, *, timeout: float = 600.0) -> Server:
+    """A server someone else runs, at ``url`` (``http://host:port``): ``model`` is the model
+    name to request, needed where the server lists more than one."""
+    url = url.rstrip("/").removesuffix("/v1")
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise ServerError(f"server URL {url!r} must start with http:// or https://")
+    probe = Client(url, timeout)
+    try:
+        listed = _listed_models(probe)
+        names = [m["id"] for m in listed]
+        if model is None and names:
+            if len(names) != 1:
+                raise ServerError(
+                    f"{url} serves {len(names)} models ({', '.join(names) or 'none listed'}); "
+                    "say which with model="
+                )
+            model = names[0]
+        elif names and model not in names:
+            raise ServerError(f"{url} does not serve {model!r}; it lists: {', '.join(names)}")
+        header = probe.server_header("/v1/models")
+        identity: dict[str, Any] = {
+            "backend": "remote",
+            "name": model or "(the server's default model)",
+            "server": header or "unknown",
+            "host": host_kind(url),
+        }
+        entry = next((m for m in listed if m["id"] == model), {})
+        if isinstance(entry.get("meta"), dict):  # llama.cpp's server: parameters, size
+            identity["meta"] = entry["meta"]
+        tags = probe.get("/api/tags")  # ollama: the model's digest
+        for tagged in (tags or {}).get("models", []) if isinstance(tags, dict) else []:
+            if isinstance(tagged, dict) and model in (tagged.get("name"), tagged.get("model")):
+                identity["digest"] = tagged.get("digest")
+        tokenizer = next(
+            (
+                t
+                for t in TOKENIZERS
+                if "tokens" in (probe.probe(t.path, {t.field: "a", **dict(t.extra)}) or {})
+            ),
+            None,
+        )
+    finally:
+        probe.close()
+    return Server("remote", url, model, identity, timeout, tokenizer=tokenizer)
