@@ -37,8 +37,12 @@ from pytest_mlxperf.serving.server import COMPLETIONS, Server
 PERCENTILES = {"itl_p50": 0.50, "itl_p95": 0.95, "itl_p99": 0.99}
 # a percentile is reported when at least this many gaps lie beyond it (else it is the max)
 PERCENTILE_MIN_TAIL = 5
-# prompt tokens a server may serve from its cache before the prompt is not what was asked
+# prompt tokens a server may serve from its prompt cache before the prompt is not what was
+# asked: every prompt starts with the same BOS, and random word orders share a first word or
+# two now and then
 CACHED_SHARE_ALLOWED = 0.05
+CACHED_TOKENS_ALLOWED = 8
+EVENT_SLACK_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,16 @@ class ServeWorkload:
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+
+@dataclass
+class ServeRepetition:
+    """The raw record of one repetition: its requests, its wall time, and the started server's
+    peak memory in it (``None`` for a connected server)."""
+
+    requests: list[RequestRecord]
+    wall: float
+    peak_memory: int | None
 
 
 def percentile_or_note(gaps: Sequence[float], name: str) -> tuple[float | None, str | None]:
@@ -137,34 +151,67 @@ def repetition_samples(
     return samples, notes
 
 
-def check_work(record: RequestRecord, server: Server, workload: ServeWorkload) -> None:
-    """Refuse a request that did other work than asked: a different number of generated
-    tokens, a prompt of another length (where the server says), or a prompt served from the
-    server's cache."""
-    wanted = workload.generation_tokens
-    if record.completion_tokens > wanted:
+def event_slack(wanted: int) -> int:
+    """How far a count of stream events may be from the tokens generated: llama-cpp-python's
+    stream holds back and regroups tokens around multi-byte characters."""
+    return max(2, round(EVENT_SLACK_SHARE * wanted))
+
+
+def check_count(url: str, generated: int, wanted: int, slack: int, eos_ids: bool) -> None:
+    """Refuse a request that generated another number of tokens than ``wanted`` (beyond
+    ``slack``): more means the server ignores max_tokens, fewer that it stopped at EOS."""
+    if generated > wanted + slack:
         raise ServerError(
-            f"{server.url} generated {record.completion_tokens} tokens for max_tokens={wanted}: "
-            "the server ignores max_tokens, and a speed figure from more work would be false"
+            f"{url} generated {generated} tokens for max_tokens={wanted}: the server ignores "
+            "max_tokens, and a speed figure from more work would be false"
         )
-    if record.completion_tokens < wanted:
+    if generated < wanted - slack:
         raise ServerError(
-            f"{server.url} stopped after {record.completion_tokens} of {wanted} tokens: it ended "
-            "generation early (EOS) although asked to ignore it (ignore_eos, min_tokens"
-            + (", logit_bias" if server.eos_ids else "")
+            f"{url} stopped after {generated} of {wanted} tokens: it ended generation early "
+            "(EOS) although asked to ignore it (ignore_eos, min_tokens"
+            + (", logit_bias" if eos_ids else "")
             + "); a speed figure from less work would be false"
         )
+
+
+def check_work(record: RequestRecord, server: Server, workload: ServeWorkload) -> None:
+    """Refuse a request that did other work than asked: another number of generated tokens
+    (exactly, where the server sent usage; else its events, within ``event_slack``), a prompt
+    of another length (where the server says), or a prompt served from the server's cache. A
+    count from events is then taken as the asked number: ``verify_generation`` proved it."""
+    wanted = workload.generation_tokens
+    slack = event_slack(wanted) if record.counted == "events" else 0
+    check_count(server.url, record.completion_tokens, wanted, slack, bool(server.eos_ids))
+    record.completion_tokens = wanted
     if record.prompt_tokens is not None and record.prompt_tokens != workload.prompt_tokens:
         raise ServerError(
             f"{server.url} counted {record.prompt_tokens} prompt tokens, not the "
             f"{workload.prompt_tokens} the prompt was built for"
         )
     cached = record.cached_tokens or 0
-    if cached > CACHED_SHARE_ALLOWED * workload.prompt_tokens:
+    if cached > max(CACHED_SHARE_ALLOWED * workload.prompt_tokens, CACHED_TOKENS_ALLOWED):
         raise ServerError(
             f"{server.url} served {cached} of {workload.prompt_tokens} prompt tokens from its "
             "prompt cache: the prompt was not processed, so TTFT would be false"
         )
+
+
+def verify_generation(server: Server, workload: ServeWorkload) -> bool:
+    """One plain (non-streamed) request of the workload's shape, for a server whose stream
+    carries no usage: its ``usage`` must count exactly the asked tokens, which proves that the
+    server honours max_tokens and the EOS suppression. ``False`` where it reports no usage."""
+    body = server.request_body(server.prompt(workload.prompt_tokens), workload.generation_tokens)
+    usage = server.client.post(COMPLETIONS, body).get("usage") or {}
+    if "completion_tokens" not in usage:
+        return False
+    check_count(
+        server.url,
+        int(usage["completion_tokens"]),
+        workload.generation_tokens,
+        0,
+        bool(server.eos_ids),
+    )
+    return True
 
 
 def measure_server(
@@ -189,7 +236,7 @@ def measure_server(
         check_work(record, server, workload)
         return record
 
-    def once() -> tuple[list[RequestRecord], float, int | None]:
+    def once() -> ServeRepetition:
         texts = [server.prompt(workload.prompt_tokens) for _ in range(workload.requests)]
         reset = pid is not None and memory.reset_peak(pid=pid)
         t0 = time.perf_counter()
@@ -208,12 +255,11 @@ def measure_server(
                 f"process_peak_memory is the server's lifetime peak: it cannot be reset on "
                 f"{sys.platform}"
             )
-        return [f.result() for f in futures], wall, peak
+        return ServeRepetition([f.result() for f in futures], wall, peak)
 
-    def account(rep: tuple[list[RequestRecord], float, int | None]) -> tuple[int, str]:
-        records, wall, _ = rep
-        tokens = sum(workload.prompt_tokens + r.completion_tokens for r in records)
-        samples, _ = repetition_samples(records, wall, workload.prompt_tokens)
+    def account(rep: ServeRepetition) -> tuple[int, str]:
+        tokens = sum(workload.prompt_tokens + r.completion_tokens for r in rep.requests)
+        samples, _ = repetition_samples(rep.requests, rep.wall, workload.prompt_tokens)
         return tokens, (
             f"TTFT {samples['ttft'] * 1e3:.0f} ms, "
             f"{samples['throughput_tps']:.1f} tok/s generated in all"
@@ -221,24 +267,32 @@ def measure_server(
 
     reps, wall_time = protocol.run(once, progress, account)
     samples: dict[str, list[float]] = {}
-    for records, wall, peak in reps:
-        rep_samples, rep_notes = repetition_samples(records, wall, workload.prompt_tokens)
-        if peak is not None:
-            rep_samples["process_peak_memory"] = float(peak)
+    for rep in reps:
+        rep_samples, rep_notes = repetition_samples(rep.requests, rep.wall, workload.prompt_tokens)
+        if rep.peak_memory is not None:
+            rep_samples["process_peak_memory"] = float(rep.peak_memory)
         for name, value in rep_samples.items():
             samples.setdefault(name, []).append(value)
         notes.extend(n for n in rep_notes if n.split()[0] not in {m.split()[0] for m in notes})
     # a metric must have a sample in every repetition to be judged (a percentile may not)
     samples = {k: v for k, v in samples.items() if len(v) == len(reps)}
-    counted = {r.counted for records, _, _ in reps for r in records}
-    if counted == {"events"}:
-        notes.append("generated tokens counted from stream events (the server sent no usage)")
+    if any(r.counted == "events" for rep in reps for r in rep.requests):
+        verified = verify_generation(server, workload)  # after the timing, outside it
+        notes.append(
+            "the stream carried no usage: generated tokens were counted from its events (within "
+            f"{event_slack(workload.generation_tokens)}), "
+            + (
+                "and a plain request's usage showed the server generates exactly as many as asked"
+                if verified
+                else "and the server reports no usage at all, so the count is not exact"
+            )
+        )
     return Measurement(
         backend=server.backend,
         model=server.identity,
         workload=workload,
         samples=samples,
-        raw=[records for records, _, _ in reps],
+        raw=reps,
         warmup=warmup,
         wall_time=wall_time,
         notes=notes,

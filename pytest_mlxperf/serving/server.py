@@ -136,6 +136,7 @@ class Server:
             "temperature": 0.0,
             "ignore_eos": True,
             "min_tokens": max_tokens,
+            "cache_prompt": False,  # llama.cpp's server: process every prompt
             **fields,
         }
         if self.model is not None:
@@ -164,7 +165,7 @@ class Server:
             answer = self.client.post(t.path, {t.field: text, **dict(t.extra)})
             return len(answer["tokens"])
         body = self.request_body(text, 1)
-        del body["min_tokens"], body["ignore_eos"]
+        del body["min_tokens"], body["ignore_eos"]  # a prompt count needs one token of any kind
         usage = self.client.post(COMPLETIONS, body).get("usage") or {}
         if "prompt_tokens" not in usage:
             raise ServerError(
