@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from pytest_mlxperf.backends.base import LoadedModel, Measurement, RawSample
-from pytest_mlxperf.progress import Progress, ProgressFn
+from pytest_mlxperf.progress import TICK_EVERY, Progress, ProgressFn, Ticker
 from pytest_mlxperf.workload import Workload
 
 T = TypeVar("T")
@@ -157,16 +157,19 @@ def measure(
     repetitions: int = 5,
     cooldown: float = 0.0,
     progress: ProgressFn | None = None,
+    tick_every: float = TICK_EVERY,
 ) -> Measurement:
     """Run ``warmup`` untimed repetitions of the same shape, then ``repetitions`` timed ones
-    (each on a fresh KV cache), and derive the metric samples; ``progress`` hears of each."""
+    (each on a fresh KV cache), and derive the metric samples; ``progress`` hears of each, and
+    of the work within each (``Tick``) every ``tick_every`` seconds at most."""
     protocol = Repetitions(warmup, repetitions, cooldown)
     model.check_workload(workload)
     context, prompt = make_prompt(model, workload)
 
     def once() -> RawSample:
         start, _ = model.memory_usage()
-        raw = model.run(prompt, context, workload)
+        ticks = Ticker(progress, tick_every) if progress is not None else None
+        raw = model.run(prompt, context, workload, ticks)
         if raw.generated != workload.generation_tokens:
             raise MeasurementError(
                 f"{model.backend} generated {raw.generated} tokens but "

@@ -7,25 +7,28 @@ one model alone, not to whatever else the test process loaded before. The cost i
 start and backend import per model and session.
 
 The parent talks to the worker over a ``multiprocessing`` pipe; every timed region runs inside
-the worker, so the pipe adds nothing to a measurement. A call that runs long (fine-tuning, which
-runs all its repetitions in the worker) sends progress events over the same pipe ahead of its
-answer.
+the worker. A call that runs long sends progress over the same pipe ahead of its answer:
+fine-tuning (which runs all its repetitions in the worker) its ``Progress`` events, a repetition
+its ``Tick`` events, throttled in the worker (``progress.Ticker``) and sent only when the pipe
+has room at once, so a parent slow to read never holds up a timed loop.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import select
 import signal
 import time
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from pytest_mlxperf.backends.base import BackendError, LoadedModel, Measurement, RawSample
 from pytest_mlxperf.measure import MeasurementError
-from pytest_mlxperf.progress import ProgressFn
+from pytest_mlxperf.progress import ProgressFn, Ticker
 from pytest_mlxperf.workload import FinetuneWorkload, Workload
 
 _POLL = 0.02
@@ -49,6 +52,26 @@ def _exit_reason(code: int | None) -> str:
             name = f"signal {-code}"
         return f"was killed by {name}"
     return f"exited with code {code}"
+
+
+def _send_if_room(conn: Connection, message: Any) -> None:
+    """Send ``message`` if the pipe has room for it now, else drop it (the next tick says more).
+    The pipe (a socket pair) selects as writable only while most of its buffer is free, far more
+    than one small message needs, so the send never waits for the parent to read."""
+    if select.select([], [conn], [], 0)[1]:
+        conn.send(message)
+
+
+def _listeners(conn: Connection, listen: Any) -> dict[str, Any]:
+    """The keyword arguments that send a call's events to the parent, ahead of its answer:
+    ``"progress"``, events between repetitions (outside any timed region), each sent as it
+    comes; ``("ticks", every)``, a ``Ticker`` whose ticks are sent if the pipe has room."""
+    if listen == "progress":
+        return {"progress": lambda event: conn.send(("progress", event))}
+    if listen is not None:
+        _, every = listen
+        return {"ticks": Ticker(lambda tick: _send_if_room(conn, ("progress", tick)), every)}
+    return {}
 
 
 def _serve(conn: Connection, backend: str, source: str, cache_dir: str | None) -> None:
@@ -77,19 +100,13 @@ def _serve(conn: Connection, backend: str, source: str, cache_dir: str | None) -
     reply(load)
     while model is not None:
         try:
-            method, args, *wants_progress = conn.recv()
+            method, args, listen = conn.recv()
         except (EOFError, KeyboardInterrupt):
             return
         if method == "close":
             model.close()
             return
-        # progress events go to the parent as they happen, ahead of the call's answer
-        kwargs = (
-            {"progress": lambda event: conn.send(("progress", event))}
-            if any(wants_progress)
-            else {}
-        )
-        reply(getattr(model, method), *args, **kwargs)
+        reply(getattr(model, method), *args, **_listeners(conn, listen))
 
 
 class WorkerModel(LoadedModel):
@@ -160,7 +177,7 @@ class WorkerModel(LoadedModel):
             return None
         return rss if rss > self.memory_limit else None
 
-    def _call_result(self, what: str, progress: ProgressFn | None = None) -> Any:
+    def _call_result(self, what: str, progress: Callable[[Any], None] | None = None) -> Any:
         deadline = time.monotonic() + self.timeout
         while True:
             status, *payload = self._receive(what, deadline)
@@ -208,12 +225,23 @@ class WorkerModel(LoadedModel):
                 f"{self._describe} {_exit_reason(self._proc.exitcode)} during {what}"
             ) from None
 
-    def _call(self, method: str, *args: Any, progress: ProgressFn | None = None) -> Any:
+    def _call(
+        self,
+        method: str,
+        *args: Any,
+        progress: ProgressFn | None = None,
+        ticks: Ticker | None = None,
+    ) -> Any:
         """Call ``method`` of the worker's model; with ``progress``, the method is given a
-        ``progress`` argument whose events come back over the pipe as they happen."""
+        ``progress`` argument whose events come back over the pipe as they happen; with
+        ``ticks``, a ``ticks`` argument (a ``Ticker`` as often as this one) whose ticks come
+        back to ``ticks.report``."""
         if not self._proc.is_alive():
             raise WorkerError(f"{self._describe} {_exit_reason(self._proc.exitcode)} earlier")
-        self._conn.send((method, args, progress is not None))
+        if ticks is not None:
+            self._conn.send((method, args, ("ticks", ticks.every)))
+            return self._call_result(method, ticks.report)
+        self._conn.send((method, args, "progress" if progress is not None else None))
         return self._call_result(method, progress)
 
     def tokenize(self, text: str) -> list[int]:
@@ -224,9 +252,15 @@ class WorkerModel(LoadedModel):
         resident, swap = self._call("memory_usage")
         return resident, swap
 
-    def run(self, prompt: list[int], context: list[int], workload: Workload) -> RawSample:
+    def run(
+        self,
+        prompt: list[int],
+        context: list[int],
+        workload: Workload,
+        ticks: Ticker | None = None,
+    ) -> RawSample:
         self.used = True
-        return self._call("run", prompt, context, workload)
+        return self._call("run", prompt, context, workload, ticks=ticks)
 
     def finetune(
         self,
@@ -246,6 +280,6 @@ class WorkerModel(LoadedModel):
     def close(self) -> None:
         if self._proc.is_alive():
             with contextlib.suppress(BrokenPipeError, OSError):
-                self._conn.send(("close", ()))
+                self._conn.send(("close", (), None))
             self._proc.join(10)
         self._kill()

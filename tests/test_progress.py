@@ -1,6 +1,6 @@
 """Progress of measurements: events from the protocol (in this process or over a worker's pipe),
-their texts, and what pytest shows of them: a plain line per repetition in a log, nothing under
--q or from xdist workers, every step with -v."""
+ticks within a repetition from the real backends, their texts, and what pytest shows of them: a
+plain line per repetition in a log, nothing under -q or from xdist workers, every step with -v."""
 
 from __future__ import annotations
 
@@ -9,8 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from pytest_mlxperf.measure import Repetitions
-from pytest_mlxperf.progress import MeasurementProgress, Progress
+from pytest_mlxperf import backends
+from pytest_mlxperf.measure import Repetitions, measure
+from pytest_mlxperf.progress import (
+    MeasurementProgress,
+    Progress,
+    TerminalProgress,
+    Tick,
+    Ticker,
+)
+from pytest_mlxperf.worker import WorkerModel
+from pytest_mlxperf.workload import Workload
 from tests.conftest import TINY_PERF_TEST
 
 pytestmark = pytest.mark.usefixtures("synth_cache")
@@ -44,7 +53,7 @@ class Recorder:
         self.shown: list[tuple[str, bool, bool]] = []
         self.ended = 0
 
-    def show(self, text: str, *, done: bool, essential: bool) -> None:
+    def show(self, text: str, *, done: bool, essential: bool, tick: bool = False) -> None:
         self.shown.append((text, done, essential))
 
     def end(self) -> None:
@@ -121,7 +130,6 @@ def test_fine_tuning_in_a_worker_sends_its_progress_over_the_pipe(tmp_path: Path
     if importlib.util.find_spec("mlx_lm") is None:  # the worker imports it, not this process
         pytest.skip("mlx-lm is not installed")
     from pytest_mlxperf.finetune import FinetuneWorkload, make_dataset
-    from pytest_mlxperf.worker import WorkerModel
 
     data = make_dataset(tmp_path / "train.jsonl", n=4, tokens=40)
     workload = FinetuneWorkload(
@@ -163,8 +171,6 @@ class StubReporter:
 
 
 def test_a_terminal_gets_one_live_line_per_measurement() -> None:
-    from pytest_mlxperf.progress import TerminalProgress
-
     reporter = StubReporter()
     sink = TerminalProgress(reporter, None, live=True, verbose=False)
     sink.show("a ...", done=False, essential=True)
@@ -181,3 +187,137 @@ def test_a_terminal_gets_one_live_line_per_measurement() -> None:
     ]
     kind, last = reporter.calls[5]
     assert kind == "rewrite" and last.endswith("...") and len(last) < 1000  # one terminal line
+
+
+def test_a_ticker_reports_at_most_once_per_interval_and_only_after_the_first() -> None:
+    ticks: list[Tick] = []
+    ticker = Ticker(ticks.append, every=1.0)
+    t0 = ticker._next - 1.0  # when it was made
+    stamps = [t0 + 0.5]
+    ticker.generated(stamps, 10)  # within the first second: nothing
+    stamps.append(t0 + 1.0)
+    ticker.generated(stamps, 10)
+    stamps.append(t0 + 1.5)
+    ticker.generated(stamps, 10)  # half a second after the last tick: nothing
+    stamps.append(t0 + 2.5)
+    ticker.generated(stamps, 10)
+    assert [(t.stage, t.done, t.total) for t in ticks] == [
+        ("generating", 2, 10),
+        ("generating", 4, 10),
+    ]
+    assert ticks[-1].rate == pytest.approx(3 / 2.0)  # the first token excluded, as generation_tps
+    assert ticks[-1].describe() == "generating 4/10 tok, 1.5 tok/s"
+    assert Tick("prompt", 12288, 32160).describe() == "prompt 12,288/32,160 tok"
+
+
+# a long enough repetition in small chunks: several prompt chunks and generated tokens to tick
+TICKING = Workload(prompt_tokens=96, generation_tokens=24, depth=32, prefill_step=16)
+
+
+def _repetitions(events: list[Progress | Tick]) -> list[list[Tick]]:
+    """The ticks of each repetition, checked to lie between its start and end."""
+    reps: list[list[Tick]] = []
+    running = False
+    for event in events:
+        if isinstance(event, Tick):
+            assert running, f"a tick outside a repetition: {event}"
+            reps[-1].append(event)
+        else:
+            running = not event.finished
+            if running:
+                reps.append([])
+    return reps
+
+
+def _check_ticks(ticks: list[Tick], workload: Workload) -> None:
+    stages = [t.stage for t in ticks]
+    assert stages == sorted(stages, key=["context", "prompt", "generating"].index)
+    for stage, total in (
+        ("context", workload.depth),
+        ("prompt", workload.prompt_tokens),
+        ("generating", workload.generation_tokens),
+    ):
+        done = [t.done for t in ticks if t.stage == stage]
+        assert len(done) >= 2 and done == sorted(done) and done[-1] == total, (stage, done)
+        assert {t.total for t in ticks if t.stage == stage} == {total}
+    assert all(t.rate > 0 for t in ticks if t.stage == "generating" and t.done > 1)
+
+
+@pytest.mark.parametrize("backend", ["llamacpp", "mlx"])
+def test_ticks_reach_the_parent_from_an_isolated_worker_as_the_work_goes(backend: str) -> None:
+    try:
+        backends.check_available(backend)
+    except backends.BackendUnavailable as exc:
+        pytest.skip(str(exc))
+    events: list[Progress | Tick] = []
+    model = WorkerModel(backend, "synth:tiny", None, timeout=300)
+    try:
+        measure(model, TICKING, warmup=0, repetitions=2, progress=events.append, tick_every=0)
+    finally:
+        model.close()
+    reps = _repetitions(events)
+    assert len(reps) == 2
+    for ticks in reps:
+        _check_ticks(ticks, TICKING)
+
+
+def test_ticks_show_within_their_repetition_live_and_sparingly_in_a_log() -> None:
+    model = backends.load("llamacpp", "synth:tiny", None)
+    live, log, log_every_tick = StubReporter(), StubReporter(), StubReporter()
+    sinks = [
+        TerminalProgress(live, None, live=True, verbose=False),
+        TerminalProgress(log, None, live=False, verbose=False),
+        TerminalProgress(log_every_tick, None, live=False, verbose=False, log_every=0),
+    ]
+    watches = [MeasurementProgress(sink, "t.py::test_x", "llamacpp:tiny") for sink in sinks]
+    try:
+        measure(
+            model,
+            TICKING,
+            warmup=0,
+            repetitions=2,
+            progress=lambda event: [watch(event) for watch in watches],
+            tick_every=0,
+        )
+    finally:
+        model.close()
+    shown = [text for kind, text in live.calls if kind == "rewrite"]
+    steps = [text.split("]: ", 1)[1].rsplit(" (", 1)[0] for text in shown]
+    assert "repetition 2/2: prompt 96/96 tok" in [s.rsplit(",", 1)[0] for s in steps]
+    generating = [s for s in steps if s.startswith("repetition 1/2: generating ")]
+    assert len(generating) >= 2 and generating[-1].startswith(
+        "repetition 1/2: generating 24/24 tok"
+    )
+    # a log: one line per repetition; ticks only after LOG_EVERY seconds without a line
+    assert [text.split("]: ", 1)[1][:16] for _, text in log.calls] == [
+        "repetition 1/2: ",
+        "repetition 2/2: ",
+    ]
+    tick = re.compile(r"repetition \d/2: (context|prompt|generating) \d+/\d+ tok")
+    assert len([text for _, text in log_every_tick.calls if tick.search(text)]) >= 2
+    assert not any(c in text for c in "\r\x1b" for _, text in log_every_tick.calls)
+
+
+# a real repetition of about a second, long enough for several ticks, each in a log or not
+TICKING_PERF_TEST = """
+def test_perf(mlxperf):
+    model = mlxperf.load("llamacpp", "synth:tiny")
+    mlxperf.measure(model, prompt_tokens=512, generation_tokens=2048, prefill_step=64)
+"""
+
+
+def test_a_log_keeps_one_plain_line_per_repetition_while_ticks_run(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_suite=TICKING_PERF_TEST)
+    result = pytester.runpytest_subprocess(
+        "--mlxperf", "--mlxperf-repetitions", "2", "--mlxperf-warmup", "0"
+    )
+    result.assert_outcomes(passed=1)
+    output = result.stdout.str()
+    assert "\r" not in output and "\x1b" not in output
+    lines = _progress_lines(output)
+    assert [line.split("]: ", 1)[1].split(":")[0] for line in lines] == [
+        "repetition 1/2",
+        "repetition 2/2",
+    ]

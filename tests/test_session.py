@@ -13,6 +13,7 @@ from pytest_mlxperf import session as session_module
 from pytest_mlxperf.backends.base import LoadedModel, RawSample
 from pytest_mlxperf.config import Settings
 from pytest_mlxperf.measure import MeasurementError, derive_metrics, measure
+from pytest_mlxperf.progress import Ticker
 from pytest_mlxperf.session import PerfSession
 from pytest_mlxperf.verdicts import Verdict
 from pytest_mlxperf.workload import Workload
@@ -41,7 +42,13 @@ class ScriptedModel(LoadedModel):
     def tokenize(self, text: str) -> list[int]:
         return [ord(c) % 50 for c in text]
 
-    def run(self, prompt: list[int], context: list[int], workload: Workload) -> RawSample:
+    def run(
+        self,
+        prompt: list[int],
+        context: list[int],
+        workload: Workload,
+        ticks: Ticker | None = None,
+    ) -> RawSample:
         reps = 1 + 5  # warm-up + repetitions of the settings used below
         speed = self.speeds[min(self.calls // reps, len(self.speeds) - 1)]
         self.calls += 1

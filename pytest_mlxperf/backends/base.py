@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_mlxperf import memory
-from pytest_mlxperf.progress import ProgressFn
+from pytest_mlxperf.progress import ProgressFn, Ticker
 from pytest_mlxperf.workload import FinetuneWorkload, Workload, WorkloadLike
 
 
@@ -76,10 +76,17 @@ class LoadedModel(abc.ABC):
         """Token ids of ``text``, without BOS (used for prompts read from a file)."""
 
     @abc.abstractmethod
-    def run(self, prompt: list[int], context: list[int], workload: Workload) -> RawSample:
+    def run(
+        self,
+        prompt: list[int],
+        context: list[int],
+        workload: Workload,
+        ticks: Ticker | None = None,
+    ) -> RawSample:
         """One repetition on a fresh KV cache: prefill ``context`` (untimed: the context
         depth), then time the prefill of ``prompt`` and the decode of exactly
-        ``workload.generation_tokens`` tokens with EOS disabled."""
+        ``workload.generation_tokens`` tokens with EOS disabled. ``ticks`` hears of the work as
+        it goes: after each prefill chunk and each token (it throttles itself)."""
 
     def finetune(
         self,

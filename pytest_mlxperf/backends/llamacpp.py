@@ -21,6 +21,7 @@ from typing import Any
 
 from pytest_mlxperf import memory
 from pytest_mlxperf.backends.base import BackendError, LoadedModel, RawSample
+from pytest_mlxperf.progress import Ticker
 from pytest_mlxperf.sources import ResolvedSource
 from pytest_mlxperf.workload import Workload
 
@@ -55,6 +56,17 @@ def _settings(workload: Workload | None, threads: int) -> tuple[Any, ...]:
         workload.threads or threads,
         workload.n_gpu_layers or 0,
     )
+
+
+def _prefill(llm: Any, tokens: list[int], stage: str, ticks: Ticker | None) -> None:
+    """``llm.eval(tokens)``, one batch of ``n_batch`` tokens per call (the batches
+    ``Llama.eval`` makes itself), so that ``ticks`` hears after each batch. The same calls run
+    with or without ``ticks``: the timed work does not depend on whether progress is shown."""
+    since = time.perf_counter()
+    for i in range(0, len(tokens), llm.n_batch):
+        llm.eval(tokens[i : i + llm.n_batch])
+        if ticks is not None:
+            ticks.prefilled(stage, min(i + llm.n_batch, len(tokens)), len(tokens), since)
 
 
 class LlamaCppModel(LoadedModel):
@@ -106,7 +118,13 @@ class LlamaCppModel(LoadedModel):
     def tokenize(self, text: str) -> list[int]:
         return self._instance(None).tokenize(text.encode("utf-8"), add_bos=False, special=False)
 
-    def run(self, prompt: list[int], context: list[int], workload: Workload) -> RawSample:
+    def run(
+        self,
+        prompt: list[int],
+        context: list[int],
+        workload: Workload,
+        ticks: Ticker | None = None,
+    ) -> RawSample:
         import llama_cpp
 
         llm = self._instance(workload)
@@ -121,13 +139,12 @@ class LlamaCppModel(LoadedModel):
             "repeat_penalty": 1.0,
         }
         memory.reset_peak()
-        if context:
-            llm.eval(context)
+        _prefill(llm, context, "context", ticks)
         llama_cpp.llama_perf_context_reset(llm.ctx)
         tokens: list[int] = []
         stamps: list[float] = []
         t_start = time.perf_counter()
-        llm.eval(prompt)
+        _prefill(llm, prompt, "prompt", ticks)
         # sampling reads the logits, which synchronizes with the backend: the stamp is real
         token = llm.sample(**sample_args)
         stamps.append(time.perf_counter())
@@ -137,6 +154,8 @@ class LlamaCppModel(LoadedModel):
             token = llm.sample(**sample_args)
             stamps.append(time.perf_counter())
             tokens.append(token)
+            if ticks is not None:
+                ticks.generated(stamps, workload.generation_tokens)
         t_end = time.perf_counter()
         perf = llama_cpp.llama_perf_context(llm.ctx)
         counters = {

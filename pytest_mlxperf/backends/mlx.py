@@ -16,7 +16,7 @@ from pathlib import Path
 from pytest_mlxperf import memory, mlx_memory
 from pytest_mlxperf.backends.base import BackendError, LoadedModel, Measurement, RawSample
 from pytest_mlxperf.finetune import measure_finetune
-from pytest_mlxperf.progress import ProgressFn
+from pytest_mlxperf.progress import ProgressFn, Ticker
 from pytest_mlxperf.sources import ResolvedSource
 from pytest_mlxperf.workload import FinetuneWorkload, Workload
 
@@ -53,7 +53,13 @@ class MLXModel(LoadedModel):
     def tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def run(self, prompt: list[int], context: list[int], workload: Workload) -> RawSample:
+    def run(
+        self,
+        prompt: list[int],
+        context: list[int],
+        workload: Workload,
+        ticks: Ticker | None = None,
+    ) -> RawSample:
         set_fields = [f for f in LLAMACPP_ONLY if getattr(workload, f) is not None]
         if set_fields:
             raise BackendError(
@@ -73,11 +79,21 @@ class MLXModel(LoadedModel):
         mlx_memory.reset_peak(mx)
         memory.reset_peak()
         with wired_limit(self.model):
+            t_context = time.perf_counter()
             for i in range(0, len(context), step):
                 self.model(mx.array(context[i : i + step])[None], cache=cache)
                 mx.eval([c.state for c in cache])
+                if ticks is not None:
+                    done = min(i + step, len(context))
+                    ticks.prefilled("context", done, len(context), t_context)
             tokens: list[int] = []
             stamps: list[float] = []
+            # mlx-lm calls it after each chunk is evaluated (synchronized): the count is real
+            prompt_done = (
+                None
+                if ticks is None
+                else lambda done, total: ticks.prefilled("prompt", done, total, t_start)
+            )
             t_start = time.perf_counter()
             for token, _ in generate_step(
                 mx.array(prompt),
@@ -86,9 +102,12 @@ class MLXModel(LoadedModel):
                 sampler=sampler,
                 prompt_cache=cache,
                 prefill_step_size=step,
+                prompt_progress_callback=prompt_done,
             ):
                 stamps.append(time.perf_counter())
                 tokens.append(int(token))
+                if ticks is not None:
+                    ticks.generated(stamps, workload.generation_tokens)
             t_end = time.perf_counter()
         return RawSample(
             t_start, stamps, t_end, tokens, mlx_memory.peak(mx), process_peak_memory=memory.peak()
