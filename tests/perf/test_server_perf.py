@@ -32,7 +32,7 @@ def test_one_user(mlxperf, backend):
 def test_four_users(mlxperf, backend):
     server = mlxperf.serve(backend, MODEL)
     # 8 requests x 63 gaps: enough for the p99 inter-token latency
-    mlxperf.measure(server, prompt_tokens=128, generation_tokens=64, concurrency=4, requests=8)
+    mlxperf.measure(server, prompt_tokens=32, generation_tokens=64, concurrency=4, requests=8)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
