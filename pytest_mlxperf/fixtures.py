@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 
@@ -19,6 +19,7 @@ from pytest_mlxperf.session import PerfResult, PerfSession
 from pytest_mlxperf.worker import USER_ERRORS
 from pytest_mlxperf.workload import Workload
 
+T = TypeVar("T")
 DEFAULT_MODEL = "synth:tiny"
 # errors whose message says all a user needs: shown without the plugin's traceback
 CLEAR_ERRORS = (*USER_ERRORS, BaselineError)
@@ -33,6 +34,17 @@ def fail_with_message(exc: BaseException) -> NoReturn:
     """Fail the test with the error's message alone: no traceback, and without the error being
     handled as the failure's context (pytest would print the message twice)."""
     raise pytest.fail.Exception(str(exc), pytrace=False) from None
+
+
+def skip_or_fail(call: Callable[[], T]) -> T:
+    """``call()``, skipping the test where what it needs is not installed (the message names
+    the install command) and failing it with the message alone on a user's error."""
+    try:
+        return call()
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
+    except CLEAR_ERRORS as exc:
+        fail_with_message(exc)
 
 
 def item_settings(item: pytest.Item) -> Settings:
@@ -64,12 +76,7 @@ class MlxPerf:
         (``org/name``, or ``org/name:FILE.gguf``), or a synthetic model (``synth:tiny``,
         ``synth:llama-3.2-1b@4bit``, ``synth:tiny@Q8_0``). A backend that is not installed
         skips the test with the command that installs it."""
-        try:
-            return self._session.load(backend, source)
-        except BackendUnavailable as exc:
-            pytest.skip(str(exc))
-        except CLEAR_ERRORS as exc:
-            fail_with_message(exc)
+        return skip_or_fail(lambda: self._session.load(backend, source))
 
     def serve(self, backend: str, source: str = DEFAULT_MODEL, *args: str) -> Server:
         """Start ``backend``'s OpenAI-compatible server ("mlx": ``mlx_lm.server``, "llamacpp":
@@ -78,23 +85,13 @@ class MlxPerf:
         the session, and started again if it died. Measure it with ``measure``; its ``url``
         and ``complete`` serve a pipeline timed with ``time``. A server whose packages are not
         installed skips the test with the install command."""
-        try:
-            return self._session.serve(backend, source, args)
-        except BackendUnavailable as exc:
-            pytest.skip(str(exc))
-        except CLEAR_ERRORS as exc:
-            fail_with_message(exc)
+        return skip_or_fail(lambda: self._session.serve(backend, source, args))
 
     def connect(self, url: str, model: str | None = None) -> Server:
         """A server someone else runs (ollama, LM Studio, llama.cpp's ``llama-server``, ...)
         at ``url``; ``model`` names the model where it serves more than one. Its identity is
         what it reports of itself, so it is never compared with a local measurement."""
-        try:
-            return self._session.connect(url, model)
-        except BackendUnavailable as exc:
-            pytest.skip(str(exc))
-        except CLEAR_ERRORS as exc:
-            fail_with_message(exc)
+        return skip_or_fail(lambda: self._session.connect(url, model))
 
     def measure(
         self,
