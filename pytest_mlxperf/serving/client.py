@@ -213,6 +213,15 @@ class Client:
                         raise httpx.ReadTimeout("deadline")
         except httpx.HTTPError as exc:
             raise self._failure(f"POST {path} to", exc, len(reader.t_events)) from None
+        if not (reader.done or reader.finished):
+            # a body delimited by the connection's end (HTTP/1.0: mlx_lm.server) ends cleanly
+            # when the server is killed: a crash, not a server that closed the stream early
+            died = self.diagnose()
+            if died:
+                raise ServerError(
+                    f"POST {path} to {self.url} failed after {len(reader.t_events)} tokens: "
+                    f"the server died: {died}"
+                )
         return reader.record()
 
     def post(self, path: str, body: dict[str, Any]) -> Any:

@@ -40,6 +40,8 @@ class ServerKind:
     ready_path: str  # GET answers 200 once the model is loaded
     # arguments before the user's (which win where they repeat one)
     default_args: Callable[[], tuple[str, ...]] = tuple
+    # the ready path's status once the server failed to load its model for good (it stays up)
+    failed_status: int | None = None
 
 
 def _llamacpp_defaults() -> tuple[str, ...]:
@@ -53,7 +55,8 @@ def _llamacpp_defaults() -> tuple[str, ...]:
 
 
 SERVER_KINDS = {
-    "mlx": ServerKind("mlx_lm.server", "mlx_lm.server", "/health"),
+    # mlx_lm.server loads the model in its generation thread; /health is 503 once that died
+    "mlx": ServerKind("mlx_lm.server", "mlx_lm.server", "/health", failed_status=503),
     "llamacpp": ServerKind(
         "llama_cpp.server", "llama_cpp.server", "/v1/models", _llamacpp_defaults
     ),
@@ -68,13 +71,15 @@ def free_port() -> int:
 
 
 def _die_with_parent() -> None:
-    """In the child before exec (Linux): be sent SIGTERM when the parent dies, so a killed
-    pytest cannot leave the server running."""
+    """In the child before exec (Linux): be sent SIGKILL when the parent dies, so a killed
+    pytest cannot leave the server running. Not SIGTERM: uvicorn (llama-cpp-python's server)
+    takes it as a graceful shutdown that waits for the streams in flight, which nobody reads
+    any more."""
     import ctypes
 
     pr_set_pdeathsig = 1
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 class ServerProcess:
@@ -138,7 +143,9 @@ class ServerProcess:
             text = self.log_path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             return ""
-        return "\n".join(text.rstrip().splitlines()[-lines:])
+        # without the access-log lines of our own readiness polls, which would hide the error
+        poll = f"GET {self.kind.ready_path} "
+        return "\n".join([ln for ln in text.rstrip().splitlines() if poll not in ln][-lines:])
 
     def exit_report(self) -> str:
         """Why the server is gone: its exit code (or signal) and the end of its log."""
@@ -162,8 +169,15 @@ class ServerProcess:
             if not self.alive:
                 raise ServerError(f"server did not start: {self.exit_report()}")
             with contextlib.suppress(httpx.TransportError):
-                if httpx.get(url, timeout=2.0).status_code == 200:
+                status = httpx.get(url, timeout=2.0).status_code
+                if status == 200:
                     return
+                if status == self.kind.failed_status:
+                    raise ServerError(
+                        f"server did not start: {self.kind.name} ({self.url}, pid {self.pid}) "
+                        f"answered HTTP {status} at {self.kind.ready_path}: it failed to load "
+                        f"the model; the end of its log:\n{self.log_tail()}"
+                    )
             if time.monotonic() > deadline:
                 raise ServerError(
                     f"{self.kind.name} was not ready at {url} after {timeout:.0f} s "

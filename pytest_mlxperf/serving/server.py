@@ -24,6 +24,7 @@ import json
 import os
 import random
 import socket
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,9 +112,14 @@ class Server:
         self._prompt_rng = random.Random(os.urandom(16))
 
     def _diagnose(self) -> str | None:
-        if self.process is not None and not self.process.alive:
-            return self.process.exit_report()
-        return None
+        """Why a started server is gone, ``None`` while it runs. A killed server's connections
+        break while the kernel tears it down, a moment before it can be reaped: it is given
+        a second to be seen exiting."""
+        if self.process is None:
+            return None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.process.wait(1.0)
+        return None if self.process.alive else self.process.exit_report()
 
     @property
     def alive(self) -> bool:
