@@ -1,0 +1,187 @@
+"""A server started by the ``mlxperf`` fixture lives exactly as long as it should: shared by the
+tests of a session, restarted after a crash, and gone when the session ends however it ends
+(passed, failed, Ctrl-C, or pytest killed). Real pytest subprocesses, real servers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.usefixtures("synth_cache")
+
+RECORD = """
+import os
+import signal
+import time
+from pathlib import Path
+
+MLX = ("mlx", "synth:tiny@4bit")
+
+
+def record(mlxperf):
+    server = mlxperf.serve(*MLX)
+    with Path("servers.txt").open("a") as out:
+        out.write(f"{server.process.pid} {server.url}\\n")
+    return server
+"""
+
+
+def run(pytester: pytest.Pytester, body: str) -> tuple[pytest.RunResult, list[tuple[int, str]]]:
+    pytester.makepyfile(test_served=RECORD + body)
+    result = pytester.runpytest_subprocess(
+        "--mlxperf", "-p", "no:cacheprovider", "--mlxperf-baselines-dir", "bl"
+    )
+    lines = (pytester.path / "servers.txt").read_text().split("\n")
+    return result, [(int(pid), url) for pid, url in (ln.split() for ln in lines if ln)]
+
+
+def gone(pid: int, within: float = 5.0) -> bool:
+    """The process ``pid`` no longer exists (reaped, not a zombie) within ``within`` s."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_server_is_shared_by_the_session_and_stopped_at_its_end(
+    pytester: pytest.Pytester,
+) -> None:
+    result, servers = run(
+        pytester,
+        """
+def test_one(mlxperf):
+    assert record(mlxperf).complete(" the the the", 4)
+
+def test_two(mlxperf):
+    record(mlxperf)
+""",
+    )
+    result.assert_outcomes(passed=2)
+    (pid, url), second = servers
+    assert second == (pid, url)  # one server, reused
+    assert gone(pid)
+
+
+def test_a_failing_test_does_not_leave_its_server(pytester: pytest.Pytester) -> None:
+    result, servers = run(
+        pytester,
+        """
+def test_fails(mlxperf):
+    record(mlxperf)
+    assert False, "a failure after the server started"
+""",
+    )
+    result.assert_outcomes(failed=1)
+    ((pid, _),) = servers
+    assert gone(pid)
+
+
+def test_ctrl_c_does_not_leave_the_server(pytester: pytest.Pytester) -> None:
+    result, servers = run(
+        pytester,
+        """
+def test_interrupted(mlxperf):
+    record(mlxperf)
+    raise KeyboardInterrupt
+
+def test_never_runs(mlxperf):
+    record(mlxperf)
+""",
+    )
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    ((pid, _),) = servers  # the second test never ran
+    assert gone(pid)
+
+
+def test_a_crashed_server_is_started_again_for_the_next_test(pytester: pytest.Pytester) -> None:
+    result, servers = run(
+        pytester,
+        """
+def test_crash(mlxperf):
+    server = record(mlxperf)
+    os.kill(server.process.pid, signal.SIGKILL)
+    server.process.process.wait(5)
+
+def test_after(mlxperf):
+    assert record(mlxperf).complete(" the the the", 4)
+""",
+    )
+    result.assert_outcomes(passed=2)
+    (first, first_url), (second, second_url) = servers
+    assert second != first and second_url != first_url
+    assert gone(second)
+
+
+def test_through_the_fixture_a_refused_connection_is_one_clear_line(
+    pytester: pytest.Pytester,
+) -> None:
+    from pytest_mlxperf.serving.launch import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    pytester.makepyfile(
+        test_connect=f"""
+def test_remote(mlxperf):
+    mlxperf.connect("{url}")
+"""
+    )
+    result = pytester.runpytest_subprocess("--mlxperf", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f"*cannot connect to {url} (*is the server running*"])
+    assert "Traceback" not in result.stdout.str()
+    assert "serving/client.py" not in result.stdout.str()  # no plugin traceback
+
+
+CHILD = """
+import sys, threading, time
+from pytest_mlxperf.serving.server import COMPLETIONS, serve
+
+server = serve(sys.argv[1], sys.argv[2], timeout=60)
+if sys.argv[3] == "streaming":  # a request in flight that nobody will read to its end
+    body = server.request_body(server.prompt(16), 100000, stream=True)
+    threading.Thread(target=server.client.stream, args=(COMPLETIONS, body), daemon=True).start()
+    time.sleep(1.0)
+print(server.process.pid, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize(
+    ("backend", "source", "mode"),
+    [
+        ("mlx", "synth:tiny@4bit", "idle"),
+        # uvicorn takes SIGTERM as a graceful shutdown that waits for the stream in flight
+        ("llamacpp", "synth:tiny@Q4_K_M", "streaming"),
+    ],
+)
+def test_a_killed_parent_leaves_no_server(backend: str, source: str, mode: str) -> None:
+    """Linux: the server gets the parent-death signal when the process that started it is
+    SIGKILLed (no atexit, no session end)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the parent-death signal is Linux's")
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, backend, source, mode],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        pid = int(child.stdout.readline())
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    survived = not gone(pid)
+    if survived:
+        os.kill(pid, signal.SIGKILL)  # not left behind by a failing test
+    assert not survived, f"server {pid} outlived its killed parent"
