@@ -42,9 +42,6 @@ PERCENTILE_MIN_TAIL = 5
 # two now and then
 CACHED_SHARE_ALLOWED = 0.05
 CACHED_TOKENS_ALLOWED = 8
-# generated tokens beyond max_tokens that are accepted (and counted) before a server is said
-# to ignore it: llama-cpp-python goes on until a multi-byte character is complete
-OVERSHOOT_ALLOWED = 0.5
 
 
 @dataclass(frozen=True)
@@ -155,12 +152,11 @@ def repetition_samples(
 
 def check_work(record: RequestRecord, server: Server, workload: ServeWorkload) -> None:
     """Refuse a request that did other work than asked: fewer generated tokens (it stopped at
-    EOS), far more (it ignores max_tokens: beyond ``OVERSHOOT_ALLOWED``), a prompt of another
-    length (where the server says), or a prompt served from the server's cache. A few tokens
-    more are accepted and counted (llama-cpp-python finishes a multi-byte character past
-    max_tokens); every rate is computed from the tokens really generated."""
+    EOS), more (it ignores max_tokens; accepted and counted only from a server known to run
+    past it, ``ServerKind.overshoots``), a prompt of another length (where the server says),
+    or a prompt served from the server's cache. Rates count the tokens really generated."""
     wanted, generated = workload.generation_tokens, record.completion_tokens
-    if generated > wanted * (1 + OVERSHOOT_ALLOWED):
+    if generated > wanted and not server.overshoots:
         raise ServerError(
             f"{server.url} generated {generated} tokens for max_tokens={wanted}: the server "
             "ignores max_tokens, and a measurement of other work than asked would be false"
@@ -254,7 +250,8 @@ def measure_server(
     if most > workload.generation_tokens:
         notes.append(
             f"the server generated up to {most} tokens for max_tokens="
-            f"{workload.generation_tokens} (it finishes a multi-byte character); rates count them"
+            f"{workload.generation_tokens} (llama-cpp-python runs on while a multi-byte "
+            "character is incomplete); rates count them"
         )
     return Measurement(
         backend=server.backend,

@@ -123,6 +123,7 @@ class StreamReader:
             raise ServerError(
                 f"the stream from {self.url} ended after {len(self.t_events)} tokens without a "
                 "finish_reason or [DONE]: the server closed it early"
+                + ("" if self.t_events else " (a prompt beyond its context? see its log)")
             )
         if not self.t_events:
             raise ServerError(f"{self.url} finished the request without sending any token")

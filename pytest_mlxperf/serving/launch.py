@@ -42,6 +42,10 @@ class ServerKind:
     default_args: Callable[[], tuple[str, ...]] = tuple
     # the ready path's status once the server failed to load its model for good (it stays up)
     failed_status: int | None = None
+    # it may generate past max_tokens: llama-cpp-python 0.3 (``Llama._create_completion``)
+    # skips its max_tokens check while a multi-byte character is incomplete, for as long as
+    # the model keeps producing partial characters (random weights do, for dozens of tokens)
+    overshoots: bool = False
 
 
 def _llamacpp_defaults() -> tuple[str, ...]:
@@ -58,7 +62,7 @@ SERVER_KINDS = {
     # mlx_lm.server loads the model in its generation thread; /health is 503 once that died
     "mlx": ServerKind("mlx_lm.server", "mlx_lm.server", "/health", failed_status=503),
     "llamacpp": ServerKind(
-        "llama_cpp.server", "llama_cpp.server", "/v1/models", _llamacpp_defaults
+        "llama_cpp.server", "llama_cpp.server", "/v1/models", _llamacpp_defaults, overshoots=True
     ),
 }
 

@@ -107,6 +107,8 @@ class Server:
         self.eos_ids = eos_ids
         self.tokenizer = tokenizer
         self.load_time = process.start_time if process is not None else None
+        # may generate past max_tokens (``ServerKind.overshoots``): counted, not refused
+        self.overshoots = process is not None and process.kind.overshoots
         self.client = Client(url, timeout, self._diagnose)
         self._single_words: tuple[list[str], int] | None = None
         self._prompt_rng = random.Random(os.urandom(16))
