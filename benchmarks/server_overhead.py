@@ -127,7 +127,19 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--gen", type=int, default=64)
     parser.add_argument("--only", choices=["mlx", "llamacpp", "agreement"])
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="BACKEND=SOURCE",
+        help="another model for a backend, e.g. llamacpp=synth:llama-3.2-3b@Q4_K_M",
+    )
     args = parser.parse_args()
+    for spec in args.model:
+        backend, _, source = spec.partition("=")
+        if backend not in MODELS or not source:
+            parser.error(f"--model {spec!r}: expected mlx=SOURCE or llamacpp=SOURCE")
+        MODELS[backend] = source
     started = time.perf_counter()
     for backend in ("mlx", "llamacpp"):
         if args.only in (None, backend):
