@@ -33,6 +33,10 @@ def test_example_server_suite_gates_both_servers(pytester: pytest.Pytester) -> N
     for backend in ("mlx", "llamacpp"):
         record = records[f"test_one_user[{backend}]"]
         assert record["backend"] == f"{backend}-server"
+        # the model's quantization, read from its files as the in-process backends record it
+        assert record["model"]["quantization"] == (
+            {"bits": 4, "group_size": 64} if backend == "mlx" else "Q4_K_M"
+        )
         samples = record["samples"]
         for metric in (
             "ttft",

@@ -232,6 +232,25 @@ def _eos_ids(model_path: Path) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
+def _quantization(backend: str, path: Path) -> dict[str, Any] | str | None:
+    """The model's quantization as the in-process backends record it, read from its files:
+    MLX's config.json (bits, group size); a GGUF's file type (``Q4_K_M``), where the gguf
+    package is installed. ``None`` for an unquantized MLX model or an unreadable file."""
+    if backend == "mlx":
+        with contextlib.suppress(OSError, ValueError):
+            config = json.loads((path / "config.json").read_text())
+            quant = config.get("quantization") or config.get("quantization_config")
+            return {"bits": quant["bits"], "group_size": quant["group_size"]} if quant else None
+        return None
+    try:
+        import gguf
+
+        field = gguf.GGUFReader(path).fields["general.file_type"]
+        return gguf.LlamaFileType(int(field.parts[field.data[0]][0])).name.removeprefix("MOSTLY_")
+    except (ImportError, KeyError, ValueError, OSError):
+        return None
+
+
 def check_server_available(backend: str) -> None:
     """Raise ``ValueError`` for an unknown backend, ``BackendUnavailable`` when the server's
     packages are not installed (looked up, not imported)."""
@@ -268,7 +287,12 @@ def serve(
     resolved = resolve(backend, source, cache_dir)
     process = ServerProcess(kind, resolved.path, tuple(args), start_timeout=timeout)
     # the server's version is provenance, like a backend's: an upgrade compares the two
-    identity = resolved.identity(f"{backend}-server", server=kind.name, server_args=list(args))
+    identity = resolved.identity(
+        f"{backend}-server",
+        server=kind.name,
+        server_args=list(args),
+        quantization=_quantization(backend, resolved.path),
+    )
     return Server(
         f"{backend}-server",
         process.url,
