@@ -51,10 +51,16 @@ def test_example_server_suite_gates_both_servers(pytester: pytest.Pytester) -> N
             assert len(samples[metric]) == 5 and min(samples[metric]) > 0, metric
         assert "itl_p99" not in samples  # 4 x 63 gaps are too few: said in a note instead
         assert any("itl_p99 not measured" in n for n in record["notes"])
-        # every request of every repetition streamed its 64 tokens, each event stamped
-        for rep in record["raw"]:
-            assert len(rep["requests"]) == 4
-            assert all(r["completion_tokens"] == 64 for r in rep["requests"])
+        # every request of every repetition streamed its 64 tokens;
+        # llama-cpp-python may run past max_tokens (a multi-byte character): counted and said
+        counts = [r["completion_tokens"] for rep in record["raw"] for r in rep["requests"]]
+        assert len(counts) == 5 * 4
+        if backend == "mlx":
+            assert set(counts) == {64}
+        else:
+            assert min(counts) == 64
+            overshot = any("generated up to" in n for n in record["notes"])
+            assert overshot == (max(counts) > 64)
 
     rerun = pytester.runpytest_subprocess(*FAST)
     rerun.assert_outcomes(passed=4, deselected=3)
