@@ -19,7 +19,10 @@ from pytest_mlxperf.machine import missing_cpu_detail
 from pytest_mlxperf.measure import Measurement
 from pytest_mlxperf.metrics import METRICS
 from pytest_mlxperf.results import PerfResult
-from pytest_mlxperf.verdicts import Verdict, compare_metric, overall
+from pytest_mlxperf.verdicts import MetricComparison, Verdict, compare_metric, overall
+
+# units of the metrics that a faster or slower machine moves (time, and rates over time)
+TIMED_UNITS = ("s", "tok/s", "it/s")
 
 
 def judge(
@@ -79,14 +82,39 @@ def judge(
     shifts = canary_shifts(pooled_canary(entry["runs"]), result.canary, alpha=settings.alpha)
     if shifts:
         # the comparisons stay in the result, so the numbers are still there to see
-        result.verdict = Verdict.NOT_COMPARABLE
-        result.notes.append(
-            "machine speed changed: "
-            + "; ".join(describe_shift(s) for s in shifts)
-            + ": these numbers reflect the machine, not the code; re-record the baseline "
-            "(--mlxperf-save-baselines) or use a quiet machine"
-        )
+        factor = max(max(r, 1 / r) for r in (s.baseline.median / s.current.median for s in shifts))
+        beyond = [
+            c
+            for c in result.comparisons
+            if c.verdict in (Verdict.REGRESSION, Verdict.IMPROVEMENT) and not _explained(c, factor)
+        ]
+        changed = "machine speed changed: " + "; ".join(describe_shift(s) for s in shifts)
+        if beyond:
+            result.verdict = overall([c.verdict for c in beyond])
+            result.notes.append(
+                f"{changed}; the change of {', '.join(c.metric.name for c in beyond)} is beyond "
+                f"what a machine {factor:.2f}x faster or slower explains, so it stands"
+            )
+        else:
+            result.verdict = Verdict.NOT_COMPARABLE
+            result.notes.append(
+                f"{changed}: these numbers reflect the machine, not the code; re-record the "
+                "baseline (--mlxperf-save-baselines) or use a quiet machine"
+            )
     return result
+
+
+def _explained(comparison: MetricComparison, factor: float) -> bool:
+    """Whether a machine ``factor`` times faster or slower could explain a comparison: a
+    metric of time or speed whose medians differ by no more than ``factor`` beyond its
+    tolerance. Memory does not follow the machine's speed, and a change far beyond it (a
+    100x slowdown on a machine 16% faster) is the code's."""
+    if comparison.metric.absolute or comparison.metric.unit not in TIMED_UNITS:
+        return False
+    before, now = comparison.baseline.median, comparison.current.median
+    if before <= 0 or now <= 0:
+        return False
+    return max(now / before, before / now) <= factor * (1 + comparison.tolerance)
 
 
 def _other_machines_note(others: list[dict[str, Any]], current: dict[str, Any]) -> str:

@@ -195,6 +195,26 @@ def test_machine_speed_change_makes_the_result_not_comparable(
     assert "not comparable" in result.report()
 
 
+def test_a_change_beyond_the_machine_speed_change_still_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A machine 16% faster explains a few percent either way, not a 100x slowdown."""
+    session = session_with_baseline(tmp_path, confirm=0)
+    monkeypatch.setattr(
+        session_module, "run_canary", lambda: scaled(STEADY, "canary_compute", 1 / 1.16)
+    )
+    result = session.run("t.py::t", ScriptedModel([1.0]), WL, session.settings)
+    assert result.verdict is Verdict.REGRESSION
+    (note,) = result.notes
+    assert note.startswith("machine speed changed: canary compute 1.16x faster")
+    assert "the change of generation_tps is beyond what a machine 1.16x faster or slower" in note
+    # -20%, beyond the 10% tolerance but within what the faster machine explains: not compared
+    again = PerfSession(Settings(machine="box", confirm=0), tmp_path)
+    within = again.run("t.py::t", ScriptedModel([80.0]), WL, again.settings)
+    assert within.verdict is Verdict.NOT_COMPARABLE
+    assert [c.metric.name for c in within.regressions] == ["generation_tps"]
+
+
 def test_baseline_without_canary_is_judged_as_before(tmp_path: Path) -> None:
     session = session_with_baseline(tmp_path, confirm=0)
     path = session.store.path_for("t.py::t")
