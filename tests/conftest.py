@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,3 +28,15 @@ def synth_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop("MLXPERF_CACHE_DIR", None)
     else:
         os.environ["MLXPERF_CACHE_DIR"] = old
+
+
+def gone(pid: int, within: float = 5.0) -> bool:
+    """The process ``pid`` no longer exists (reaped, not a zombie) within ``within`` s."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False

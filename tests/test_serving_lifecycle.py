@@ -8,11 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, gone
 
 pytestmark = pytest.mark.usefixtures("synth_cache")
 
@@ -40,18 +39,6 @@ def run(pytester: pytest.Pytester, body: str) -> tuple[pytest.RunResult, list[tu
     )
     lines = (pytester.path / "servers.txt").read_text().split("\n")
     return result, [(int(pid), url) for pid, url in (ln.split() for ln in lines if ln)]
-
-
-def gone(pid: int, within: float = 5.0) -> bool:
-    """The process ``pid`` no longer exists (reaped, not a zombie) within ``within`` s."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_a_server_is_shared_by_the_session_and_stopped_at_its_end(
