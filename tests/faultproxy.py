@@ -5,7 +5,8 @@ injectable fault in streamed (server-sent event) answers:
 - ``close``: the connection is dropped after ``at`` events, mid-stream (no end chunk);
 - ``hang``: nothing more is sent after ``at`` events, the socket stays open until ``stop``;
 - ``more_tokens``: a streamed request's ``max_tokens``/``min_tokens`` are raised by ``at``,
-  so the real server generates more than the client asked (a server that ignores max_tokens).
+  so the real server generates more than the client asked (a server that ignores max_tokens);
+- ``no_usage``: the stream's ``usage`` is dropped (a server that sends none when streaming).
 
 Non-streamed requests (token counts, model lists) pass through untouched. A streamed answer
 goes to the client chunked, as the real servers send it, one event line at a time.
@@ -21,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from urllib.parse import urlsplit
 
-FAULTS = ("corrupt", "close", "hang", "more_tokens")
+FAULTS = ("corrupt", "close", "hang", "more_tokens", "no_usage")
 GARBAGE = b'data: {"choices": [{"text": "tru'
 
 
@@ -141,6 +142,12 @@ class FaultProxy:
                     self.events += 1
                 if self.fault == "corrupt" and count == self.at:
                     line = GARBAGE + b"\n"
+                if self.fault == "no_usage" and b'"usage"' in line:
+                    event = json.loads(line[len(b"data:") :])
+                    event.pop("usage", None)
+                    if not event.get("choices"):
+                        continue  # a usage-only event: not sent at all
+                    line = b"data: " + json.dumps(event).encode() + b"\n"
             send(line)
             if count >= self.at and self.fault in ("close", "hang") and not line.strip():
                 if self.fault == "hang":

@@ -177,6 +177,22 @@ def test_ignored_max_tokens_is_refused(mlx_server: Server) -> None:
     assert "ignores max_tokens" in message
 
 
+def test_a_stream_without_usage_is_counted_by_events_and_settled(mlx_server: Server) -> None:
+    """Without usage, mlx_lm.server's events (it merges a token that ends inside a UTF-8
+    character into the next) are fewer than its tokens: a plain request's usage settles it,
+    instead of a false "stopped early"."""
+    workload = ServeWorkload(prompt_tokens=128, generation_tokens=32, requests=4)
+    with FaultProxy(mlx_server.url, "no_usage") as proxy:
+        measurement = measure_server(through(proxy, mlx_server), workload, warmup=0, repetitions=2)
+    records = [r for rep in measurement.raw for r in rep.requests]
+    assert {r.counted for r in records} == {"events"}
+    assert {r.completion_tokens for r in records} == {32}
+    settled = [n for n in measurement.notes if n.startswith("the stream carried no usage")]
+    assert len(settled) == 1
+    merged = "merged tokens into fewer events" in settled[0]
+    assert merged == any(len(r.t_events) < 32 for r in records)
+
+
 def test_hang_is_bounded_by_the_timeout(mlx_server: Server) -> None:
     timeout = 2.0
     with FaultProxy(mlx_server.url, "hang", at=2) as proxy:

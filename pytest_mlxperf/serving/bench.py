@@ -150,24 +150,30 @@ def repetition_samples(
     return samples, notes
 
 
+def stopped_early(server: Server, generated: int, wanted: int) -> ServerError:
+    return ServerError(
+        f"{server.url} stopped after {generated} of {wanted} tokens: it ended generation early "
+        "(EOS) although asked to ignore it (ignore_eos, min_tokens"
+        + (", logit_bias" if server.eos_ids else "")
+        + "); a speed figure from less work would be false"
+    )
+
+
 def check_work(record: RequestRecord, server: Server, workload: ServeWorkload) -> None:
-    """Refuse a request that did other work than asked: fewer generated tokens (it stopped at
-    EOS), more (it ignores max_tokens; accepted and counted only from a server known to run
-    past it, ``ServerKind.overshoots``), a prompt of another length (where the server says),
-    or a prompt served from the server's cache. Rates count the tokens really generated."""
+    """Refuse a request that did other work than asked: fewer generated tokens where usage
+    counts them (it stopped at EOS; fewer stream events prove nothing by themselves, see
+    ``settle_event_counts``), more (it ignores max_tokens; accepted and counted only from a
+    server known to run past it, ``ServerKind.overshoots``), a prompt of another length (where
+    the server says), or a prompt served from the server's cache. Rates count the tokens
+    really generated."""
     wanted, generated = workload.generation_tokens, record.completion_tokens
     if generated > wanted and not server.overshoots:
         raise ServerError(
             f"{server.url} generated {generated} tokens for max_tokens={wanted}: the server "
             "ignores max_tokens, and a measurement of other work than asked would be false"
         )
-    if generated < wanted:
-        raise ServerError(
-            f"{server.url} stopped after {generated} of {wanted} tokens: it ended generation "
-            "early (EOS) although asked to ignore it (ignore_eos, min_tokens"
-            + (", logit_bias" if server.eos_ids else "")
-            + "); a speed figure from less work would be false"
-        )
+    if generated < wanted and record.counted == "usage":
+        raise stopped_early(server, generated, wanted)
     if record.prompt_tokens is not None and record.prompt_tokens != workload.prompt_tokens:
         raise ServerError(
             f"{server.url} counted {record.prompt_tokens} prompt tokens, not the "
@@ -179,6 +185,39 @@ def check_work(record: RequestRecord, server: Server, workload: ServeWorkload) -
             f"{server.url} served {cached} of {workload.prompt_tokens} prompt tokens from its "
             "prompt cache: the prompt was not processed, so TTFT would be false"
         )
+
+
+def settle_event_counts(
+    server: Server, workload: ServeWorkload, records: Sequence[RequestRecord]
+) -> list[str]:
+    """Token counts of a stream without usage are its events, which a server may merge (it
+    holds back a token that ends inside a UTF-8 character). Where they fall short, one plain
+    request, after the timing, asks the server's usage: if it generates exactly as many as
+    asked, the short counts are set to that; if fewer, it stops early and is refused. The
+    notes say how the counts were settled."""
+    wanted = workload.generation_tokens
+    if not any(r.counted == "events" for r in records):
+        return []
+    short = [r for r in records if r.counted == "events" and r.completion_tokens < wanted]
+    if not short:
+        return ["the stream carried no usage: generated tokens were counted from its events"]
+    body = server.request_body(server.prompt(workload.prompt_tokens), wanted)
+    usage = server.client.post(COMPLETIONS, body).get("usage") or {}
+    if "completion_tokens" not in usage:
+        return [
+            f"the stream carried no usage and {len(short)} requests had fewer events than "
+            f"tokens asked ({min(r.completion_tokens for r in short)} for {wanted}); the "
+            "server reports no usage at all, so their counts are not verified"
+        ]
+    if int(usage["completion_tokens"]) < wanted:
+        raise stopped_early(server, int(usage["completion_tokens"]), wanted)
+    for record in short:
+        record.completion_tokens = wanted
+    return [
+        f"the stream carried no usage and merged tokens into fewer events in {len(short)} "
+        f"of {len(records)} requests; a plain request's usage showed the server generates exactly as many as "
+        "asked, so those were counted as such"
+    ]
 
 
 def measure_server(
@@ -233,6 +272,7 @@ def measure_server(
         )
 
     reps, wall_time = protocol.run(once, progress, account)
+    notes += settle_event_counts(server, workload, [r for rep in reps for r in rep.requests])
     samples: dict[str, list[float]] = {}
     for rep in reps:
         rep_samples, rep_notes = repetition_samples(rep.requests, rep.wall, workload.prompt_tokens)
@@ -244,8 +284,6 @@ def measure_server(
     # a metric must have a sample in every repetition to be judged (a percentile may not)
     samples = {k: v for k, v in samples.items() if len(v) == len(reps)}
     records = [r for rep in reps for r in rep.requests]
-    if any(r.counted == "events" for r in records):
-        notes.append("the stream carried no usage: generated tokens were counted from its events")
     most = max(r.completion_tokens for r in records)
     if most > workload.generation_tokens:
         notes.append(
