@@ -215,8 +215,8 @@ def settle_event_counts(
         record.completion_tokens = wanted
     return [
         f"the stream carried no usage and merged tokens into fewer events in {len(short)} "
-        f"of {len(records)} requests; a plain request's usage showed the server generates exactly as many as "
-        "asked, so those were counted as such"
+        f"of {len(records)} requests; a plain request's usage showed the server generates "
+        "exactly as many as asked, so those were counted as such"
     ]
 
 
