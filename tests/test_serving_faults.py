@@ -79,6 +79,19 @@ def test_the_proxy_without_a_fault_changes_nothing(mlx_server: Server) -> None:
     assert measurement.samples["ttft"][0] > 0
 
 
+def test_prompt_tokens_counted_by_usage_agree_with_the_model_tokenizer(
+    mlx_server: Server,
+) -> None:
+    """A server without a tokenize endpoint, seen through connect(), is calibrated by the
+    usage of one-token completions; it finds what the started model's own tokenizer says."""
+    assert mlx_server.local_tokenizer is not None
+    remote = connect(mlx_server.url, timeout=30)
+    assert remote.local_tokenizer is None and remote.tokenizer is None
+    assert remote.single_token_words() == mlx_server.single_token_words()
+    prompt = remote.prompt(40)
+    assert remote.count_tokens(prompt) == mlx_server.count_tokens(prompt) == 40
+
+
 def test_connection_refused_names_the_url() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ServerError, match="cannot connect") as caught:

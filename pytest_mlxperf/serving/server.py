@@ -98,6 +98,7 @@ class Server:
         process: ServerProcess | None = None,
         eos_ids: tuple[int, ...] = (),
         tokenizer: Tokenizer | None = None,
+        local_tokenizer: Any = None,
     ) -> None:
         self.backend = backend
         self.url = url
@@ -106,6 +107,8 @@ class Server:
         self.process = process
         self.eos_ids = eos_ids
         self.tokenizer = tokenizer
+        # the started model's own tokenizer (``tokenizers.Tokenizer``), read from its folder
+        self.local_tokenizer = local_tokenizer
         self.load_time = process.start_time if process is not None else None
         # may generate past max_tokens (``ServerKind.overshoots``): counted, not refused
         self.overshoots = process is not None and process.kind.overshoots
@@ -167,7 +170,12 @@ class Server:
             ) from None
 
     def count_tokens(self, text: str) -> int:
-        """Tokens ``text`` becomes as a completion prompt on this server (BOS included)."""
+        """Tokens ``text`` becomes as a completion prompt on this server (BOS included): by
+        the started model's own tokenizer file, the server's tokenize endpoint, or the
+        ``usage`` of a one-token completion (which must count the whole prompt: mlx-lm 0.26's
+        server counts its prompt cache in, and is refused)."""
+        if self.local_tokenizer is not None:
+            return len(self.local_tokenizer.encode(text).ids)
         if self.tokenizer is not None:
             t = self.tokenizer
             answer = self.client.post(t.path, {t.field: text, **dict(t.extra)})
@@ -251,6 +259,21 @@ def _quantization(backend: str, path: Path) -> dict[str, Any] | str | None:
         return None
 
 
+def _local_tokenizer(path: Path) -> Any:
+    """An MLX model folder's ``tokenizer.json`` as a ``tokenizers.Tokenizer``, which counts a
+    prompt as the server's Hugging Face tokenizer does (BOS from its post-processor); ``None``
+    where the file or the package is missing."""
+    file = path / "tokenizer.json"
+    try:
+        from tokenizers import Tokenizer as HFTokenizer
+    except ImportError:
+        return None
+    try:
+        return HFTokenizer.from_file(str(file))
+    except Exception:  # tokenizers raises a bare Exception for a missing or unreadable file
+        return None
+
+
 def check_server_available(backend: str) -> None:
     """Raise ``ValueError`` for an unknown backend, ``BackendUnavailable`` when the server's
     packages are not installed (looked up, not imported)."""
@@ -302,6 +325,7 @@ def serve(
         process=process,
         eos_ids=_eos_ids(resolved.path) if backend == "mlx" else (),
         tokenizer=TOKENIZERS[0] if backend == "llamacpp" else None,
+        local_tokenizer=_local_tokenizer(resolved.path) if backend == "mlx" else None,
     )
 
 
