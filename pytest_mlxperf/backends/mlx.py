@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from pytest_mlxperf import memory, mlx_memory
 from pytest_mlxperf.backends.base import BackendError, LoadedModel, Measurement, RawSample
@@ -21,6 +22,13 @@ from pytest_mlxperf.sources import ResolvedSource
 from pytest_mlxperf.workload import FinetuneWorkload, Workload
 
 LLAMACPP_ONLY = ("flash_attn", "threads", "n_gpu_layers")
+
+
+def quantization(config: dict[str, Any]) -> dict[str, Any] | None:
+    """An MLX model's quantization from its config.json (bits, group size), as its identity
+    records it; ``None`` for an unquantized model. Also read for a started mlx_lm.server."""
+    quant = config.get("quantization") or config.get("quantization_config")
+    return {"bits": quant.get("bits"), "group_size": quant.get("group_size")} if quant else None
 
 
 class MLXModel(LoadedModel):
@@ -36,17 +44,12 @@ class MLXModel(LoadedModel):
         self.model, self.tokenizer = load(str(resolved.path))
         self.load_time = time.perf_counter() - t0
         config = json.loads((Path(resolved.path) / "config.json").read_text())
-        quant = config.get("quantization") or config.get("quantization_config")
         self.vocab_size = int(config["vocab_size"])
         self.context_length = int(config.get("max_position_embeddings", 1 << 20))
         dtypes = sorted({str(p.dtype) for _, p in tree_flatten(self.model.parameters())})
         self.identity = resolved.identity(
             "mlx",
-            quantization=(
-                {"bits": quant.get("bits"), "group_size": quant.get("group_size")}
-                if quant
-                else None
-            ),
+            quantization=quantization(config),
             dtypes=dtypes,
         )
 

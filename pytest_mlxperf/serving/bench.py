@@ -117,8 +117,9 @@ def percentile_or_note(gaps: Sequence[float], name: str) -> tuple[float | None, 
 
 def repetition_samples(
     records: Sequence[RequestRecord], wall: float, prompt_tokens: int
-) -> tuple[dict[str, float], list[str]]:
-    """The metrics of one repetition (see the module docstring), and notes on what is left out."""
+) -> tuple[dict[str, float], dict[str, str]]:
+    """The metrics of one repetition (see the module docstring), and why a percentile is left
+    out, by metric."""
     import numpy as np
 
     def median(values: Sequence[float]) -> float:
@@ -135,19 +136,19 @@ def repetition_samples(
         samples["generation_tps"] = median(
             [(r.completion_tokens - 1) / (r.t_events[-1] - r.t_events[0]) for r in decoding]
         )
-    notes = []
+    left_out = {}
     gaps = [g for r in records for g in r.gaps]
     for name in PERCENTILES:
         value, note = percentile_or_note(gaps, name)
         if value is None:
-            notes.append(str(note))
+            left_out[name] = str(note)
         else:
             samples[name] = value
     timed = [r.server_timings for r in records if r.server_timings]
     if timed and all("prompt_per_second" in t and "predicted_per_second" in t for t in timed):
         samples["server_prompt_tps"] = median([t["prompt_per_second"] for t in timed])
         samples["server_generation_tps"] = median([t["predicted_per_second"] for t in timed])
-    return samples, notes
+    return samples, left_out
 
 
 def stopped_early(server: Server, generated: int, wanted: int) -> ServerError:
@@ -233,7 +234,7 @@ def measure_server(
     ``server``; every request's work is checked (``check_work``)."""
     protocol = Repetitions(warmup, repetitions, cooldown)
     pid = server.process.pid if server.process is not None else None
-    notes: list[str] = []
+    lifetime_peak = False  # the server's peak could not be reset before a repetition
 
     def send(prompt: str) -> RequestRecord:
         body = server.request_body(prompt, workload.generation_tokens, stream=True)
@@ -244,7 +245,8 @@ def measure_server(
 
     def once() -> ServeRepetition:
         texts = [server.prompt(workload.prompt_tokens) for _ in range(workload.requests)]
-        reset = pid is not None and memory.reset_peak(pid=pid)
+        nonlocal lifetime_peak
+        lifetime_peak |= pid is not None and not memory.reset_peak(pid=pid)
         t0 = time.perf_counter()
         with ThreadPoolExecutor(workload.concurrency, thread_name_prefix="mlxperf-req") as pool:
             futures = [pool.submit(send, text) for text in texts]
@@ -256,11 +258,6 @@ def measure_server(
                 raise failed[0].exception()  # type: ignore[misc]
         wall = time.perf_counter() - t0
         peak = memory.peak(pid=pid) if pid is not None else None
-        if pid is not None and not reset and not notes:
-            notes.append(
-                f"process_peak_memory is the server's lifetime peak: it cannot be reset on "
-                f"{sys.platform}"
-            )
         return ServeRepetition([f.result() for f in futures], wall, peak)
 
     def account(rep: ServeRepetition) -> tuple[int, str]:
@@ -272,18 +269,28 @@ def measure_server(
         )
 
     reps, wall_time = protocol.run(once, progress, account)
-    notes += settle_event_counts(server, workload, [r for rep in reps for r in rep.requests])
+    records = [r for rep in reps for r in rep.requests]
+    notes = settle_event_counts(server, workload, records)
     samples: dict[str, list[float]] = {}
+    left_out: dict[str, str] = {}  # the first repetition's reason, per metric
     for rep in reps:
-        rep_samples, rep_notes = repetition_samples(rep.requests, rep.wall, workload.prompt_tokens)
+        rep_samples, rep_left_out = repetition_samples(
+            rep.requests, rep.wall, workload.prompt_tokens
+        )
         if rep.peak_memory is not None:
             rep_samples["process_peak_memory"] = float(rep.peak_memory)
         for name, value in rep_samples.items():
             samples.setdefault(name, []).append(value)
-        notes.extend(n for n in rep_notes if n.split()[0] not in {m.split()[0] for m in notes})
+        for name, note in rep_left_out.items():
+            left_out.setdefault(name, note)
+    notes += left_out.values()
     # a metric must have a sample in every repetition to be judged (a percentile may not)
     samples = {k: v for k, v in samples.items() if len(v) == len(reps)}
-    records = [r for rep in reps for r in rep.requests]
+    if lifetime_peak:
+        notes.append(
+            "process_peak_memory is the server's lifetime peak: it cannot be reset on "
+            f"{sys.platform}"
+        )
     most = max(r.completion_tokens for r in records)
     if most > workload.generation_tokens:
         notes.append(

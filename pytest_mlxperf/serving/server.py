@@ -245,10 +245,10 @@ def _quantization(backend: str, path: Path) -> dict[str, Any] | str | None:
     MLX's config.json (bits, group size); a GGUF's file type (``Q4_K_M``), where the gguf
     package is installed. ``None`` for an unquantized MLX model or an unreadable file."""
     if backend == "mlx":
+        from pytest_mlxperf.backends.mlx import quantization
+
         with contextlib.suppress(OSError, ValueError):
-            config = json.loads((path / "config.json").read_text())
-            quant = config.get("quantization") or config.get("quantization_config")
-            return {"bits": quant["bits"], "group_size": quant["group_size"]} if quant else None
+            return quantization(json.loads((path / "config.json").read_text()))
         return None
     try:
         import gguf
