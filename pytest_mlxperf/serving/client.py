@@ -171,12 +171,19 @@ class Client:
     def close(self) -> None:
         self._client.close()
 
+    def _died(self, where: str, tokens: int | None) -> ServerError | None:
+        """The error for a request that failed because the server is gone, ``None`` while it
+        runs."""
+        died = self.diagnose()
+        after = f" after {tokens} tokens" if tokens is not None else ""
+        return ServerError(f"{where} failed{after}: the server died: {died}") if died else None
+
     def _failure(self, what: str, exc: Exception, tokens: int | None = None) -> ServerError:
         httpx = self._httpx
         where = f"{what} {self.url}"
-        died = self.diagnose()
-        if died:
-            return ServerError(f"{where} failed: the server died: {died}")
+        died = self._died(where, tokens)
+        if died is not None:
+            return died
         if isinstance(exc, httpx.ConnectError):
             return ServerError(
                 f"cannot connect to {self.url} ({exc}): is the server running and listening?"
@@ -217,12 +224,9 @@ class Client:
         if not (reader.done or reader.finished):
             # a body delimited by the connection's end (HTTP/1.0: mlx_lm.server) ends cleanly
             # when the server is killed: a crash, not a server that closed the stream early
-            died = self.diagnose()
-            if died:
-                raise ServerError(
-                    f"POST {path} to {self.url} failed after {len(reader.t_events)} tokens: "
-                    f"the server died: {died}"
-                )
+            died = self._died(f"POST {path} to {self.url}", len(reader.t_events))
+            if died is not None:
+                raise died
         return reader.record()
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
