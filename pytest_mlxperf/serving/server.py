@@ -110,8 +110,6 @@ class Server:
         # the started model's own tokenizer (``tokenizers.Tokenizer``), read from its folder
         self.local_tokenizer = local_tokenizer
         self.load_time = process.start_time if process is not None else None
-        # may generate past max_tokens (``ServerKind.overshoots``): counted, not refused
-        self.overshoots = process is not None and process.kind.overshoots
         self.client = Client(url, timeout, self._diagnose)
         self._single_words: tuple[list[str], int] | None = None
         self._prompt_rng = random.Random(os.urandom(16))
@@ -125,6 +123,11 @@ class Server:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.process.wait(1.0)
         return None if self.process.alive else self.process.exit_report()
+
+    @property
+    def overshoots(self) -> bool:
+        """May generate past max_tokens (``ServerKind.overshoots``): counted, not refused."""
+        return self.process is not None and self.process.kind.overshoots
 
     @property
     def alive(self) -> bool:
