@@ -109,8 +109,7 @@ class PerfSession:
         key = (backend, source, *args)
         server = self.servers.get(key)
         if server is not None and not server.alive:
-            server.close()
-            server = None
+            server.restart()
         if server is None:
             if self.progress is not None:
                 self.progress.show(
@@ -178,6 +177,7 @@ class PerfSession:
             ),
             server.load_time,
             settings,
+            server.restart if server.process is not None else None,
         )
 
     def finetune(
@@ -224,7 +224,18 @@ class PerfSession:
                 cooldown=settings.cooldown,
             )
 
-        return self.gate(nodeid, f"call:{label}", take, None, settings)
+        return self.gate(nodeid, f"call:{label}", take, None, settings, self.restart_processes)
+
+    def restart_processes(self) -> None:
+        """Fresh processes for every server and worker model this session started: a timed
+        callable may use any of them (a re-take in the same processes would repeat their
+        luck). Servers someone else runs are left alone."""
+        for server in self.servers.values():
+            if server.process is not None:
+                server.restart()
+        for model in self.models.values():
+            if isinstance(model, WorkerModel):
+                model.restart()
 
     def gate(
         self,

@@ -9,13 +9,15 @@ import json
 import pytest
 
 from tests.conftest import REPO
-from tests.test_e2e import WIDE, scale
+from tests.test_e2e import scale
 
 SUITE = REPO / "tests" / "perf" / "test_server_perf.py"
 BASELINE = "baselines/test_server_perf.json"
 # the one-user measurement and the pipeline of both servers (5 repetitions: with fewer, no
-# Mann-Whitney test reaches alpha=0.01)
-FAST = [*WIDE, "-k", "one_user or pipeline"]
+# Mann-Whitney test reaches alpha=0.01). The tolerance is above the between-process modes of
+# MLX's CPU decode on this VM (a process lands 1.4x slower now and then: 298 -> 412 ms for the
+# pipeline); this test is about the plumbing, and the edited baseline is 4x.
+FAST = ["--mlxperf", "--mlxperf-tolerance", "100%", "-k", "one_user or pipeline"]
 
 
 @pytest.mark.usefixtures("synth_cache")

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO, gone
+from tests.test_e2e import scale
 
 pytestmark = pytest.mark.usefixtures("synth_cache")
 
@@ -32,12 +33,16 @@ def record(mlxperf):
 """
 
 
-def run(pytester: pytest.Pytester, body: str) -> tuple[pytest.RunResult, list[tuple[int, str]]]:
+def run(
+    pytester: pytest.Pytester, body: str, *args: str
+) -> tuple[pytest.RunResult, list[tuple[int, str]]]:
     pytester.makepyfile(test_served=RECORD + body)
+    servers = pytester.path / "servers.txt"
+    servers.unlink(missing_ok=True)
     result = pytester.runpytest_subprocess(
-        "--mlxperf", "-p", "no:cacheprovider", "--mlxperf-baselines-dir", "bl"
+        "--mlxperf", "-p", "no:cacheprovider", "--mlxperf-baselines-dir", "bl", *args
     )
-    lines = (pytester.path / "servers.txt").read_text().split("\n")
+    lines = servers.read_text().split("\n")
     return result, [(int(pid), url) for pid, url in (ln.split() for ln in lines if ln)]
 
 
@@ -108,6 +113,36 @@ def test_after(mlxperf):
     (first, first_url), (second, second_url) = servers
     assert second != first and second_url != first_url
     assert gone(second)
+
+
+def test_a_regression_is_confirmed_in_a_fresh_server_process(pytester: pytest.Pytester) -> None:
+    """Processes differ more than repetitions: a suspected regression of a server measurement
+    is re-taken in a new server process, and so is a timed pipeline's, whose ``Server``
+    object follows the new process (new port) without the test doing anything."""
+    body = """
+def test_served(mlxperf):
+    server = record(mlxperf)
+    mlxperf.measure(server, prompt_tokens=16, generation_tokens=8, requests=1)
+    record(mlxperf)
+
+def test_pipeline(mlxperf):
+    server = record(mlxperf)
+    mlxperf.time(lambda: server.complete(" the the the", 4), name="pipeline")
+    record(mlxperf)
+"""
+    saved, servers = run(pytester, body, "--mlxperf-save-baselines")
+    saved.assert_outcomes(passed=2)
+    assert len({pid for pid, _ in servers}) == 1  # nothing to confirm: one server throughout
+    baseline = pytester.path / "bl" / "test_served.json"
+    scale(baseline, "mlx-server:synth:tiny@4bit", "ttft", 0.1)
+    scale(baseline, "call:pipeline", "duration", 0.1)
+    caught, servers = run(pytester, body, "-rf")
+    caught.assert_outcomes(failed=2)
+    caught.stdout.fnmatch_lines(["*confirmed by re-measurement 1 of 1*"] * 2)
+    (first, _), (measured_again, _), (piped, _), (timed_again, url) = servers
+    assert first != measured_again and piped == measured_again and timed_again != piped
+    assert url != servers[0][1]
+    assert all(gone(pid) for pid, _ in servers)
 
 
 def test_through_the_fixture_a_refused_connection_is_one_clear_line(

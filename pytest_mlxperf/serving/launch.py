@@ -99,6 +99,9 @@ class ServerProcess:
         start_timeout: float = 120.0,
     ) -> None:
         self.kind = kind
+        self.model_path = model_path
+        self.extra_args = extra_args
+        self.start_timeout = start_timeout
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(tempfile.mkstemp(prefix=f"mlxperf-{kind.module}-", suffix=".log")[1])
@@ -188,6 +191,17 @@ class ServerProcess:
                     f"(command: {' '.join(self.command)}); the end of its log:\n{self.log_tail()}"
                 )
             time.sleep(0.1)
+
+    def restarted(self) -> ServerProcess:
+        """Stop this server and start the same command again (a new port): a fresh process."""
+        self.stop()
+        return ServerProcess(
+            self.kind,
+            self.model_path,
+            self.extra_args,
+            python=self.command[0],
+            start_timeout=self.start_timeout,
+        )
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL after ``grace`` seconds) and reap it; its

@@ -133,6 +133,17 @@ class Server:
     def alive(self) -> bool:
         return self.process is None or self.process.alive
 
+    def restart(self) -> None:
+        """Replace a started server's process with a fresh one (a new port; this object, and
+        so a pipeline that holds it, follows): after a crash, or to re-take a measurement in
+        a new process, since processes differ more than repetitions."""
+        if self.process is None:
+            raise ServerError(f"{self.url} was started by someone else: it cannot be restarted")
+        self.client.close()
+        self.process = self.process.restarted()
+        self.url = self.process.url
+        self.client = Client(self.url, self.client.timeout, self._diagnose)
+
     def close(self) -> None:
         """Stop a started server (a connected one is left running) and close the client."""
         self.client.close()
