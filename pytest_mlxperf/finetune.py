@@ -61,6 +61,7 @@ from pytest_mlxperf import memory, mlx_memory
 from pytest_mlxperf.backends.base import BackendError, Measurement
 from pytest_mlxperf.measure import MeasurementError, Repetitions
 from pytest_mlxperf.metrics import METRICS, Metric
+from pytest_mlxperf.packages import below
 from pytest_mlxperf.progress import ProgressFn
 from pytest_mlxperf.workload import FinetuneWorkload
 
@@ -259,10 +260,8 @@ def _check_mlx_lm() -> None:
     """Refuse, with the reason, an mlx-lm whose trainer this module cannot drive."""
     from importlib.metadata import version
 
-    from packaging.version import Version
-
-    found = version("mlx-lm")
-    if Version(found) < Version(MIN_MLX_LM):
+    found = below({"mlx-lm": version("mlx-lm")}, "mlx-lm", MIN_MLX_LM)
+    if found is not None:
         raise BackendError(
             f"fine-tuning measurements need mlx-lm >= {MIN_MLX_LM} (its trainer runs without a "
             f"validation set and seeds its batches); found mlx-lm {found}"

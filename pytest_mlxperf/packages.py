@@ -37,6 +37,15 @@ def backend_packages(backend: str | None, *packages: Mapping[str, str]) -> tuple
     return tuple(dict.fromkeys(name for p in packages for name in p))
 
 
+def below(versions: Mapping[str, str], package: str, minimum: str) -> str | None:
+    """``package``'s version in ``versions`` when it is older than ``minimum``; ``None`` when
+    it is new enough or not there."""
+    from packaging.version import Version
+
+    found = versions.get(package)
+    return found if found is not None and Version(found) < Version(minimum) else None
+
+
 def sorted_packages(packages: Mapping[str, str]) -> dict[str, str]:
     """``packages`` in ``PACKAGES`` order, unknown names last (alphabetically)."""
     order = {name: i for i, name in enumerate(PACKAGES)}

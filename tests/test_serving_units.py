@@ -16,7 +16,8 @@ from pytest_mlxperf.serving.bench import (
 )
 from pytest_mlxperf.serving.client import RequestRecord, StreamReader
 from pytest_mlxperf.serving.errors import ServerError
-from pytest_mlxperf.serving.server import host_kind
+from pytest_mlxperf.backends import BackendUnavailable
+from pytest_mlxperf.serving.server import check_server_available, host_kind
 
 URL = "http://127.0.0.1:8080"
 
@@ -222,3 +223,18 @@ def test_workload_reports_every_problem_and_labels_itself() -> None:
 )
 def test_host_kind(url: str, kind: str) -> None:
     assert host_kind(url) == kind
+
+
+@pytest.mark.parametrize(
+    ("mlx_lm", "measured"),
+    [("0.26.4", False), ("0.28.3", False), ("0.28.4", True), ("0.32.2", True)],
+)
+def test_an_mlx_server_whose_usage_is_wrong_is_not_measured(mlx_lm: str, measured: bool) -> None:
+    """mlx_lm.server before 0.28.4 counts a streamed prompt's cached part twice: skipped, with
+    the version and the fix named; the llama.cpp server does not depend on mlx-lm."""
+    check_server_available("llamacpp", {"mlx-lm": mlx_lm})
+    if measured:
+        check_server_available("mlx", {"mlx-lm": mlx_lm})
+        return
+    with pytest.raises(BackendUnavailable, match=rf"mlx-lm {mlx_lm} reports wrong token counts"):
+        check_server_available("mlx", {"mlx-lm": mlx_lm})

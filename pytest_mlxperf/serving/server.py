@@ -25,6 +25,7 @@ import os
 import random
 import socket
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -288,11 +289,20 @@ def _local_tokenizer(path: Path) -> Any:
         return None
 
 
-def check_server_available(backend: str) -> None:
+# mlx_lm.server before 0.28.4 reports a streamed completion's usage wrongly: prompt_tokens
+# counts the prompt's cached part twice (the whole prompt plus the part it processed), and
+# 0.26-0.27 count the last generated token twice (seen on 0.26.4 and 0.28.3; 0.28.4, 0.29.1,
+# 0.30.7 and 0.32.2 count right). A request's work could not be checked, so it is not measured.
+MLX_SERVER_USAGE_FIXED = "0.28.4"
+
+
+def check_server_available(backend: str, versions: Mapping[str, str] | None = None) -> None:
     """Raise ``ValueError`` for an unknown backend, ``BackendUnavailable`` when the server's
-    packages are not installed (looked up, not imported)."""
+    packages are not installed (looked up, not imported) or are a release whose counts cannot
+    be trusted. ``versions``: the installed packages (``machine.package_versions()``)."""
     from pytest_mlxperf.backends import BackendUnavailable
-    from pytest_mlxperf.packages import INSTALL_HINTS
+    from pytest_mlxperf.machine import package_versions
+    from pytest_mlxperf.packages import INSTALL_HINTS, below
 
     if backend not in SERVER_KINDS:
         raise ValueError(
@@ -304,6 +314,16 @@ def check_server_available(backend: str) -> None:
         raise BackendUnavailable(
             f"the {SERVER_KINDS[backend].name} server cannot run here (missing: "
             f"{', '.join(missing or ['httpx'])}); install it with: {INSTALL_HINTS['server']}"
+        )
+    old = backend == "mlx" and below(
+        package_versions() if versions is None else versions, "mlx-lm", MLX_SERVER_USAGE_FIXED
+    )
+    if old:
+        raise BackendUnavailable(
+            f"mlx_lm.server of mlx-lm {old} reports wrong token counts in a streamed completion's "
+            "usage (the cached part of the prompt counted twice), so the work of a request "
+            f"cannot be checked; servers are measured from mlx-lm {MLX_SERVER_USAGE_FIXED} on: "
+            f'pip install "mlx-lm>={MLX_SERVER_USAGE_FIXED}"'
         )
 
 
