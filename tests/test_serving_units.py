@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from pytest_mlxperf.backends import BackendUnavailable
 from pytest_mlxperf.serving.bench import (
     PERCENTILE_MIN_TAIL,
     ServeWorkload,
@@ -16,7 +17,6 @@ from pytest_mlxperf.serving.bench import (
 )
 from pytest_mlxperf.serving.client import RequestRecord, StreamReader
 from pytest_mlxperf.serving.errors import ServerError
-from pytest_mlxperf.backends import BackendUnavailable
 from pytest_mlxperf.serving.server import check_server_available, host_kind
 
 URL = "http://127.0.0.1:8080"
