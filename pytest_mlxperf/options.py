@@ -55,6 +55,16 @@ def parse_non_negative_int(text: str) -> int:
     return int(value)
 
 
+def parse_cpus(text: str) -> int | None:
+    """``"all"`` (no restriction) → ``None``, else a count of cores."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return parse_positive_int(text)
+    except ValueError:
+        raise ValueError(f"expected 'all' or a whole number of cores >= 1, got {text!r}") from None
+
+
 def parse_seconds(text: str) -> float:
     value = _number(text, "a number of seconds >= 0")
     if value < 0:
@@ -331,6 +341,16 @@ OPTIONS: tuple[Option, ...] = (
         "run each model in its own worker process (crash, hang and memory isolation)",
         type=bool,
         metavar="BOOL",
+    ),
+    Option(
+        "cpus",
+        parse_cpus,
+        None,
+        "confine each worker and started server to this many cores (Linux): steadier MLX "
+        "decode on a small shared runner, at some speed; part of a result's identity",
+        type=int,
+        metavar="N",
+        shown_default="all",
     ),
     Option(
         "timeout",

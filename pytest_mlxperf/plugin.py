@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pytest_mlxperf.config import MARKER_HELP, SettingsError, resolve
+from pytest_mlxperf.config import MARKER_HELP, resolve
 from pytest_mlxperf.fixtures import (
     NOT_GATED_KEY,
     RESULTS_KEY,
@@ -70,9 +70,9 @@ def pytest_configure(config: pytest.Config) -> None:
     ini_source = str(config.inipath) if config.inipath else "ini"
     try:
         settings = resolve(cli, os.environ, config.getini, ini_source)
-    except SettingsError as exc:
+        config.stash[SESSION_KEY] = PerfSession(settings, Path(config.rootpath))
+    except ValueError as exc:  # SettingsError, or settings this platform cannot honour
         raise pytest.UsageError(f"pytest-mlxperf: {exc}") from None
-    config.stash[SESSION_KEY] = PerfSession(settings, Path(config.rootpath))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

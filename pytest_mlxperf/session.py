@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pytest_mlxperf import backends, machine, memory
+from pytest_mlxperf import backends, cpus, machine, memory
 from pytest_mlxperf.baseline import BaselineStore, new_entry
 from pytest_mlxperf.callables import time_callable
 from pytest_mlxperf.canary import run_canary
@@ -51,9 +51,25 @@ class PerfSession:
     """State shared by every perf test of one pytest session."""
 
     def __init__(
-        self, settings: Settings, rootdir: Path, memory_resettable: bool | None = None
+        self,
+        settings: Settings,
+        rootdir: Path,
+        memory_resettable: bool | None = None,
+        available_cpus: frozenset[int] | None = None,
     ) -> None:
+        """``memory_resettable`` and ``available_cpus`` are facts of the platform, found out
+        when not given (``memory.resettable``, ``cpus.allowed``); a setting this platform or
+        these settings cannot honour raises ``ValueError``."""
         self.settings = settings
+        if settings.cpus is not None and not settings.isolate:
+            raise ValueError(
+                f"--mlxperf-cpus {settings.cpus} confines worker processes, and "
+                "--mlxperf-isolate is off: there are none (leave --mlxperf-cpus at 'all')"
+            )
+        # the cores every worker and started server is confined to (None: no restriction)
+        self.cpus = cpus.choose(
+            settings.cpus, cpus.allowed() if available_cpus is None else available_cpus
+        )
         # where the process peak cannot be reset (macOS), each measurement gets a fresh worker
         self.memory_resettable = (
             memory.resettable() if memory_resettable is None else memory_resettable
@@ -97,7 +113,12 @@ class PerfSession:
             if self.settings.isolate:
                 backends.check_available(backend)
                 self.models[key] = WorkerModel(
-                    backend, source, cache, self.settings.timeout, self.settings.memory_limit
+                    backend,
+                    source,
+                    cache,
+                    self.settings.timeout,
+                    self.settings.memory_limit,
+                    self.cpus,
                 )
             else:
                 self.models[key] = backends.load(backend, source, cache)
@@ -117,7 +138,12 @@ class PerfSession:
                 )
             cache = Path(self.settings.cache_dir) if self.settings.cache_dir else None
             server = self.servers[key] = serving.serve(
-                backend, source, args, cache_dir=cache, timeout=self.settings.timeout
+                backend,
+                source,
+                args,
+                cache_dir=cache,
+                timeout=self.settings.timeout,
+                cpus=self.cpus,
             )
         return server
 

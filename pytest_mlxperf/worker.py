@@ -26,6 +26,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from pytest_mlxperf import cpus
 from pytest_mlxperf.backends.base import BackendError, LoadedModel, Measurement, RawSample
 from pytest_mlxperf.measure import MeasurementError
 from pytest_mlxperf.progress import ProgressFn, Ticker
@@ -74,9 +75,18 @@ def _listeners(conn: Connection, listen: Any) -> dict[str, Any]:
     return {}
 
 
-def _serve(conn: Connection, backend: str, source: str, cache_dir: str | None) -> None:
-    """The worker's main loop: load the model, then answer calls until told to stop."""
+def _serve(
+    conn: Connection,
+    backend: str,
+    source: str,
+    cache_dir: str | None,
+    cores: frozenset[int] | None,
+) -> None:
+    """The worker's main loop: take its cores (before the backend starts any thread), load the
+    model, then answer calls until told to stop."""
     from pytest_mlxperf import backends
+
+    cpus.pin(cores)
 
     def reply(call: Any, *args: Any, **kwargs: Any) -> None:
         try:
@@ -93,6 +103,8 @@ def _serve(conn: Connection, backend: str, source: str, cache_dir: str | None) -
         info = {
             k: getattr(model, k) for k in ("identity", "load_time", "vocab_size", "context_length")
         }
+        if cores is not None:  # a measurement on fewer cores is another measurement
+            info["identity"] = {**info["identity"], "cpus": len(cores)}
         # whether the backend has the optional fine-tuning capability, for the parent to refuse
         info["finetunes"] = type(model).finetune is not LoadedModel.finetune
         return info
@@ -119,12 +131,15 @@ class WorkerModel(LoadedModel):
         cache_dir: Path | None,
         timeout: float,
         memory_limit: int | None = None,
+        cores: frozenset[int] | None = None,
     ) -> None:
+        """``cores``: the CPU cores the worker is confined to (``cpus.choose``; ``None``: any),
+        recorded in the model's identity as a count."""
         self.backend = backend
         self.timeout = timeout
         self.memory_limit = memory_limit
         self._describe = f"worker for {backend} model {source!r}"
-        self._args = (backend, source, str(cache_dir) if cache_dir else None)
+        self._args = (backend, source, str(cache_dir) if cache_dir else None, cores)
         self.used = False
         info = self._start()
         self.identity = info["identity"]

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_mlxperf import cpus
 from pytest_mlxperf.serving.errors import ServerError
 
 # servers that may still be running: stopped at interpreter exit if nobody else did
@@ -74,13 +75,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    """In the child before exec (Linux): be sent SIGKILL when the parent dies, so a killed
-    pytest cannot leave the server running. Not SIGTERM: uvicorn (llama-cpp-python's server)
-    takes it as a graceful shutdown that waits for the streams in flight, which nobody reads
-    any more."""
+def _child_setup(cores: frozenset[int] | None) -> None:
+    """In the child before exec (Linux): take its cores (``cpus.pin``), and be sent SIGKILL
+    when the parent dies, so a killed pytest cannot leave the server running. Not SIGTERM:
+    uvicorn (llama-cpp-python's server) takes it as a graceful shutdown that waits for the
+    streams in flight, which nobody reads any more."""
     import ctypes
 
+    cpus.pin(cores)
     pr_set_pdeathsig = 1
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
@@ -97,11 +99,14 @@ class ServerProcess:
         *,
         python: str = sys.executable,
         start_timeout: float = 120.0,
+        cores: frozenset[int] | None = None,
     ) -> None:
+        """``cores``: the CPU cores the server is confined to (``cpus.choose``; ``None``: any)."""
         self.kind = kind
         self.model_path = model_path
         self.extra_args = extra_args
         self.start_timeout = start_timeout
+        self.cores = cores
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(tempfile.mkstemp(prefix=f"mlxperf-{kind.module}-", suffix=".log")[1])
@@ -126,7 +131,9 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C in the terminal is pytest's, not the server's
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                preexec_fn=(lambda: _child_setup(cores))
+                if sys.platform.startswith("linux")
+                else None,
             )
         _RUNNING.add(self)
         try:
@@ -201,6 +208,7 @@ class ServerProcess:
             self.extra_args,
             python=self.command[0],
             start_timeout=self.start_timeout,
+            cores=self.cores,
         )
 
     def stop(self, grace: float = 10.0) -> None:

@@ -334,21 +334,24 @@ def serve(
     *,
     cache_dir: Path | None = None,
     timeout: float = 600.0,
+    cpus: frozenset[int] | None = None,
 ) -> Server:
     """Start ``backend``'s server on ``source`` (any model source ``mlxperf.load`` takes) on
-    127.0.0.1 and wait until it is ready; ``args`` go to the server's command line."""
+    127.0.0.1 and wait until it is ready; ``args`` go to the server's command line; ``cpus``:
+    the cores it is confined to (recorded in its identity as a count)."""
     from pytest_mlxperf.sources import resolve
 
     check_server_available(backend)
     kind = SERVER_KINDS[backend]
     resolved = resolve(backend, source, cache_dir)
-    process = ServerProcess(kind, resolved.path, tuple(args), start_timeout=timeout)
+    process = ServerProcess(kind, resolved.path, tuple(args), start_timeout=timeout, cores=cpus)
     # the server's version is provenance, like a backend's: an upgrade compares the two
     identity = resolved.identity(
         f"{backend}-server",
         server=kind.name,
         server_args=list(args),
         quantization=_quantization(backend, resolved.path),
+        **({"cpus": len(cpus)} if cpus is not None else {}),
     )
     return Server(
         f"{backend}-server",
