@@ -84,3 +84,11 @@ def test_a_worker_and_a_server_run_on_their_cores_only(tmp_path: Path) -> None:
         assert server.identity["cpus"] == 1
     finally:
         session.close()
+
+
+def test_a_confined_llamacpp_server_gets_no_more_threads_than_cores() -> None:
+    from pytest_mlxperf.serving.launch import SERVER_KINDS
+
+    args = SERVER_KINDS["llamacpp"].default_args(frozenset({5}))
+    assert args[args.index("--n_threads") + 1] == args[args.index("--n_threads_batch") + 1] == "1"
+    assert SERVER_KINDS["mlx"].default_args(frozenset({5})) == ()

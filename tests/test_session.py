@@ -262,13 +262,17 @@ def test_llamacpp_threads_default_to_all_physical_cores_but_one(
 
     from pytest_mlxperf.backends.llamacpp import default_threads
 
+    twelve = frozenset(range(12))
     monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 6 if not logical else 12)
-    assert default_threads() == 5
+    assert default_threads(twelve) == 5
+    # confined (--mlxperf-cpus, a cpuset): no more threads than cores to run them
+    assert default_threads(frozenset({0, 1, 2})) == 3
+    assert default_threads(frozenset({7})) == 1
     monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: None if not logical else 12)
     monkeypatch.setattr("os.cpu_count", lambda: 3)
-    assert default_threads() == 2  # physical count unknown: logical cores
+    assert default_threads(twelve) == 2  # physical count unknown: logical cores
     monkeypatch.setattr("os.cpu_count", lambda: 1)
-    assert default_threads() == 1  # never none
+    assert default_threads(twelve) == 1  # never none
 
 
 @pytest.mark.usefixtures("synth_cache")

@@ -19,7 +19,7 @@ import os
 import time
 from typing import Any
 
-from pytest_mlxperf import memory
+from pytest_mlxperf import cpus, memory
 from pytest_mlxperf.backends.base import BackendError, LoadedModel, RawSample
 from pytest_mlxperf.progress import Ticker
 from pytest_mlxperf.sources import ResolvedSource
@@ -28,9 +28,11 @@ from pytest_mlxperf.workload import Workload
 DEFAULT_N_BATCH = 512
 
 
-def default_threads() -> int:
+def default_threads(cores: frozenset[int] | None = None) -> int:
     """Threads for prompt and decode when a workload sets none: one per physical core but
-    one (logical cores where the physical count is unknown), at least one.
+    one (logical cores where the physical count is unknown), at least one, and no more than
+    the process may run on: ``cores``, else this process's own (``cpus.allowed``: a worker
+    confined by ``--mlxperf-cpus``, a container's cpuset).
 
     Not llama-bench's every core: with every core busy, whatever else runs (the harness,
     the OS) stalls llama.cpp's threads now and then. On this project's 2-core machine,
@@ -38,8 +40,10 @@ def default_threads() -> int:
     threads 17% (one process in eight lost a third of its speed)."""
     import psutil
 
-    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    return max(1, cores - 1)
+    physical = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    usable = cores if cores is not None else cpus.allowed()
+    threads = max(1, physical - 1)
+    return min(threads, len(usable)) if usable else threads
 
 
 def _settings(workload: Workload | None, threads: int) -> tuple[Any, ...]:

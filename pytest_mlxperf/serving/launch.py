@@ -39,8 +39,8 @@ class ServerKind:
     name: str  # as shown to people, e.g. "mlx_lm.server"
     module: str  # run as ``python -m module``
     ready_path: str  # GET answers 200 once the model is loaded
-    # arguments before the user's (which win where they repeat one)
-    default_args: Callable[[], tuple[str, ...]] = tuple
+    # arguments before the user's (which win where they repeat one), given the server's cores
+    default_args: Callable[[frozenset[int] | None], tuple[str, ...]] = lambda cores: ()
     # the ready path's status once the server failed to load its model for good (it stays up)
     failed_status: int | None = None
     # it may generate past max_tokens: llama-cpp-python 0.3 (``Llama._create_completion``)
@@ -49,13 +49,13 @@ class ServerKind:
     overshoots: bool = False
 
 
-def _llamacpp_defaults() -> tuple[str, ...]:
+def _llamacpp_defaults(cores: frozenset[int] | None) -> tuple[str, ...]:
     """llama-cpp-python's server, set up to be measured: a new request must not cut off the
-    one streaming (its default), and threads as for an in-process measurement
-    (``backends.llamacpp.default_threads``), not its own half of the logical cores."""
+    one streaming (its default), and threads as for an in-process measurement on the same
+    cores (``backends.llamacpp.default_threads``), not its own half of the logical cores."""
     from pytest_mlxperf.backends.llamacpp import default_threads
 
-    threads = str(default_threads())
+    threads = str(default_threads(cores))
     return ("--interrupt_requests", "False", "--n_threads", threads, "--n_threads_batch", threads)
 
 
@@ -120,7 +120,7 @@ class ServerProcess:
             "127.0.0.1",
             "--port",
             str(self.port),
-            *kind.default_args(),
+            *kind.default_args(cores),
             *extra_args,
         ]
         started = time.perf_counter()
