@@ -395,6 +395,11 @@ class BisectRun:
                 built += 1
                 comparison = self._gate(version, good_env)
             except (BisectError, ABError) as exc:
+                if version == self.bad:  # no neighbour can stand in for an end of the range
+                    raise BisectError(
+                        f"the gate of {self.package} {self.bad} against {self.good} could not "
+                        f"run, so nothing was bisected: {exc}"
+                    ) from None
                 result = Tested(version, SKIPPED, str(exc).splitlines()[0])
             else:
                 self.comparisons[version] = comparison
@@ -437,6 +442,12 @@ class BisectResult:
 
     def summary(self) -> str:
         if self.last_same is None and self.first_differs is None:
+            if self.tested and self.tested[0].outcome == UNDECIDED:
+                return (
+                    f"{self.package} {self.bad} against {self.good}: the gate stayed "
+                    "inconclusive, so nothing was bisected (add rounds or budget, or quiet the "
+                    "machine)"
+                )
             return f"{self.package} {self.bad} does not differ from {self.good}: nothing to bisect"
         if self.first_differs is None:
             return self.tested[-1].note

@@ -171,3 +171,43 @@ def test_the_result_reads_as_a_table_and_an_upstream_snippet() -> None:
     assert "| 0.27.0 | differs | +39.1% |" in snippet
     assert "`linux-x86_64-abc`" in snippet and "Held fixed in every environment: mlx 1" in snippet
     assert snippet.rstrip().endswith("`mlxperf bisect mlx-lm 0.26.4 0.32.2`")
+
+
+def test_a_gate_that_cannot_run_at_the_bad_end_is_an_error_with_its_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not "does not differ: nothing to bisect": the suite failing in an environment (here an
+    mlx-lm whose server dies under the pinned mlx) says so, with the process's own output."""
+    from pytest_mlxperf.ab import ABError
+
+    run = run_for(tmp_path, versions=["0.26.4", "0.30.7", "0.32.2"])
+    monkeypatch.setattr(run, "environment", lambda version: version)
+
+    def gate(version: str, good_env: object) -> object:
+        raise ABError(
+            "round 1, environment 0.26.4: pytest exited 1 (python); results so far are in x:\n"
+            "FAILED test_one_user[mlx] - the stream ended after 0 tokens"
+        )
+
+    monkeypatch.setattr(run, "_gate", gate)
+    with pytest.raises(BisectError) as caught:
+        run.run()
+    message = str(caught.value)
+    assert message.startswith("the gate of mlx-lm 0.32.2 against 0.26.4 could not run")
+    assert "FAILED test_one_user[mlx] - the stream ended after 0 tokens" in message
+
+
+@pytest.mark.parametrize(
+    ("end", "says"),
+    [
+        (SAME, "mlx-lm 0.32.2 does not differ from 0.26.4: nothing to bisect"),
+        (UNDECIDED, "mlx-lm 0.32.2 against 0.26.4: the gate stayed inconclusive, so nothing"),
+    ],
+)
+def test_an_end_that_is_not_different_says_which_way(end: str, says: str) -> None:
+    """An inconclusive gate at the bad end is not "does not differ"."""
+    result = BisectResult(
+        "mlx-lm", "0.26.4", "0.32.2", ["0.26.4", "0.32.2"], None, None,
+        [Tested("0.32.2", end)], {}, 1, 60.0,
+    )  # fmt: skip
+    assert result.summary().startswith(says)
