@@ -176,6 +176,7 @@ def test_connection_dropped_mid_stream(mlx_server: Server) -> None:
     ):
         measure_once(through(proxy, mlx_server))
     assert proxy.url in str(caught.value)
+    assert "the end of its log" in str(caught.value)
 
 
 def test_ignored_max_tokens_is_refused(mlx_server: Server) -> None:
@@ -216,6 +217,11 @@ def test_hang_is_bounded_by_the_timeout(mlx_server: Server) -> None:
         took = time.monotonic() - started
     assert proxy.url in str(caught.value)
     assert took < timeout + 3, f"a {timeout} s timeout took {took:.1f} s"
+    # a started server that stays up but fails a request: the end of its own log comes with
+    # the error (its traceback, where a generation thread died), without our readiness polls
+    log = mlx_server.process.log_path if mlx_server.process else None
+    assert f"the end of its log ({log}):\n" in str(caught.value)
+    assert "GET /health" not in str(caught.value)
 
 
 @pytest.mark.parametrize("backend", ["mlx", "llamacpp"])

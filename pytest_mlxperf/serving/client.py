@@ -123,7 +123,7 @@ class StreamReader:
             raise ServerError(
                 f"the stream from {self.url} ended after {len(self.t_events)} tokens without a "
                 "finish_reason or [DONE]: the server closed it early"
-                + ("" if self.t_events else " (a prompt beyond its context? see its log)")
+                + ("" if self.t_events else " (a prompt beyond its context?)")
             )
         if not self.t_events:
             raise ServerError(f"{self.url} finished the request without sending any token")
@@ -146,7 +146,10 @@ class Client:
     """An HTTP client for one server: streamed completions, and plain JSON calls.
 
     ``diagnose`` says why the server is gone when a request breaks (a started server's exit
-    code and log), so a crash is reported as a crash rather than as a network error."""
+    code and log), so a crash is reported as a crash rather than as a network error;
+    ``log_note`` is the end of a started server's log while it runs, added to the errors of a
+    server that stays up but fails a request (a hang, a stream closed early, an HTTP error):
+    its own traceback says why."""
 
     def __init__(
         self,
@@ -154,6 +157,7 @@ class Client:
         timeout: float,
         diagnose: Callable[[], str | None] = lambda: None,
         connections: int = 64,
+        log_note: Callable[[], str] = lambda: "",
     ) -> None:
         from pytest_mlxperf.serving import httpx_module
 
@@ -161,6 +165,7 @@ class Client:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.diagnose = diagnose
+        self.log_note = log_note
         self._httpx = httpx
         self._client = httpx.Client(
             base_url=self.url,
@@ -191,17 +196,19 @@ class Client:
         if isinstance(exc, httpx.TimeoutException):
             return ServerError(
                 f"{where}: no answer within the {self.timeout:g} s timeout "
-                "(the server hangs or is far too slow for this workload)"
+                f"(the server hangs or is far too slow for this workload){self.log_note()}"
             )
         broke = f" after {tokens} tokens" if tokens is not None else ""
-        return ServerError(f"{where}: the connection broke{broke} ({type(exc).__name__}: {exc})")
+        return ServerError(
+            f"{where}: the connection broke{broke} ({type(exc).__name__}: {exc}){self.log_note()}"
+        )
 
     def _check_status(self, response: Any, what: str) -> None:
         if response.status_code >= 400:
             body = response.read().decode("utf-8", errors="replace")
             raise ServerError(
                 f"{what} {self.url}{response.url.path} answered HTTP {response.status_code}: "
-                f"{body[:_BODY_SHOWN]}"
+                f"{body[:_BODY_SHOWN]}{self.log_note() if response.status_code >= 500 else ''}"
             )
 
     def stream(self, path: str, body: dict[str, Any]) -> RequestRecord:
@@ -227,7 +234,10 @@ class Client:
             died = self._died(f"POST {path} to {self.url}", len(reader.t_events))
             if died is not None:
                 raise died
-        return reader.record()
+        try:
+            return reader.record()
+        except ServerError as exc:
+            raise ServerError(f"{exc}{self.log_note()}") from None
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
         """POST ``body`` and return the JSON answer."""

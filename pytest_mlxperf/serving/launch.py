@@ -169,10 +169,13 @@ class ServerProcess:
             if code is not None and code < 0
             else f"exited with code {code}"
         )
+        return f"{self.kind.name} ({self.url}, pid {self.pid}) {how}{self.log_note()}"
+
+    def log_note(self) -> str:
+        """``; the end of its log (PATH):`` and the last lines, for an error message; empty
+        when the server printed nothing."""
         tail = self.log_tail()
-        return f"{self.kind.name} ({self.url}, pid {self.pid}) {how}" + (
-            f"; the end of its log ({self.log_path}):\n{tail}" if tail else ""
-        )
+        return f"; the end of its log ({self.log_path}):\n{tail}" if tail else ""
 
     def _wait_ready(self, timeout: float) -> None:
         import httpx

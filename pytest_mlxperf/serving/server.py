@@ -111,7 +111,7 @@ class Server:
         # the started model's own tokenizer (``tokenizers.Tokenizer``), read from its folder
         self.local_tokenizer = local_tokenizer
         self.load_time = process.start_time if process is not None else None
-        self.client = Client(url, timeout, self._diagnose)
+        self.client = Client(url, timeout, self._diagnose, log_note=self._log_note)
         self._single_words: tuple[list[str], int] | None = None
         self._prompt_rng = random.Random(os.urandom(16))
 
@@ -124,6 +124,10 @@ class Server:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.process.wait(1.0)
         return None if self.process.alive else self.process.exit_report()
+
+    def _log_note(self) -> str:
+        """The end of a started server's log (``ServerProcess.log_note``), for an error."""
+        return self.process.log_note() if self.process is not None else ""
 
     @property
     def overshoots(self) -> bool:
@@ -143,7 +147,7 @@ class Server:
         self.client.close()
         self.process = self.process.restarted()
         self.url = self.process.url
-        self.client = Client(self.url, self.client.timeout, self._diagnose)
+        self.client = Client(self.url, self.client.timeout, self._diagnose, log_note=self._log_note)
 
     def close(self) -> None:
         """Stop a started server (a connected one is left running) and close the client."""
