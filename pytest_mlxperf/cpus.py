@@ -43,6 +43,12 @@ def choose(count: int | None, available: frozenset[int] | None) -> frozenset[int
     return frozenset(sorted(available)[:count])
 
 
+def identity(cores: frozenset[int] | None) -> dict[str, int]:
+    """What a confinement adds to a model's or server's identity: the count of cores (a
+    measurement on fewer cores is another measurement); nothing when there is none."""
+    return {} if cores is None else {"cpus": len(cores)}
+
+
 def pin(cores: frozenset[int] | None) -> None:
     """Confine the calling process (its threads to come included) to ``cores``."""
     if cores is not None:

@@ -103,8 +103,7 @@ def _serve(
         info = {
             k: getattr(model, k) for k in ("identity", "load_time", "vocab_size", "context_length")
         }
-        if cores is not None:  # a measurement on fewer cores is another measurement
-            info["identity"] = {**info["identity"], "cpus": len(cores)}
+        info["identity"] = {**info["identity"], **cpus.identity(cores)}
         # whether the backend has the optional fine-tuning capability, for the parent to refuse
         info["finetunes"] = type(model).finetune is not LoadedModel.finetune
         return info

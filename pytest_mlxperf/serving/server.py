@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pytest_mlxperf import cpus as confinement  # serve's ``cpus`` is the cores
 from pytest_mlxperf.serving.client import Client
 from pytest_mlxperf.serving.errors import ServerError
 from pytest_mlxperf.serving.launch import SERVER_KINDS, ServerProcess
@@ -355,7 +356,7 @@ def serve(
         server=kind.name,
         server_args=list(args),
         quantization=_quantization(backend, resolved.path),
-        **({"cpus": len(cpus)} if cpus is not None else {}),
+        **confinement.identity(cpus),
     )
     return Server(
         f"{backend}-server",
