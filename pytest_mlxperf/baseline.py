@@ -22,6 +22,7 @@ from typing import Any
 
 from pytest_mlxperf.files import JSONFileError, atomic_write, lock_for, read_json
 from pytest_mlxperf.metrics import sample_problem
+from pytest_mlxperf.packages import versions
 
 SCHEMA_VERSION = 1
 ENTRY_FIELDS = {
@@ -124,12 +125,13 @@ def pooled_samples(entry: dict[str, Any]) -> dict[str, list[float]]:
 
 
 def _same_series(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """Whether a new run extends an entry: same identity and same package versions."""
-    versions = [e["runs"][-1]["provenance"].get("packages") for e in (old, new)]
+    """Whether a new run extends an entry: same identity and same package versions (builds
+    included: ``packages.versions``)."""
+    recorded = [versions(e["runs"][-1]["provenance"]) for e in (old, new)]
     return (
         old["model"] == new["model"]
         and old["workload"] == new["workload"]
-        and versions[0] == versions[1]
+        and recorded[0] == recorded[1]
     )
 
 

@@ -27,7 +27,13 @@ from pathlib import Path
 from pytest_mlxperf.identity import differences, measurement_differences
 from pytest_mlxperf.metrics import METRICS, Metric
 from pytest_mlxperf.options import OPTIONS_BY_NAME
-from pytest_mlxperf.packages import packages_changed, sorted_packages, versions_label, versions_line
+from pytest_mlxperf.packages import (
+    packages_changed,
+    sorted_packages,
+    versions,
+    versions_label,
+    versions_line,
+)
 from pytest_mlxperf.process_stats import MIN_PROCESSES, ProcessComparison, compare_processes
 from pytest_mlxperf.results import (
     InputError,
@@ -334,8 +340,8 @@ def _cell(
         reason = comparison.note
         if max(len(ref_runs), len(runs)) >= MIN_PROCESSES and metric.gated and by_process:
             reason = "; ".join(filter(None, [reason, SINGLE_PROCESS_NOTE]))
-    old = ref_record["provenance"].get("packages", {})
-    new = record["provenance"].get("packages", {})
+    old = versions(ref_record["provenance"])
+    new = versions(record["provenance"])
     return Cell(
         number,
         other,

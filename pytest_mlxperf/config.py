@@ -13,7 +13,7 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pytest_mlxperf.metrics import METRICS
-from pytest_mlxperf.options import OPTIONS, Option
+from pytest_mlxperf.options import OPTIONS, OPTIONS_BY_NAME, Option
 
 _T = TypeVar("_T")
 
@@ -73,12 +73,25 @@ def resolve(
             (f"{option.ini} in {ini_source}", ini(option.ini)),
         ):
             if raw not in (None, ""):
-                try:
-                    values[option.name] = option.parse(str(raw))
-                except ValueError as exc:
-                    raise SettingsError(f"{source}: {exc}") from None
+                values[option.name] = _parsed(option, source, str(raw))
                 break
     return Settings(**values)
+
+
+def _parsed(option: Option, source: str, raw: str) -> Any:
+    try:
+        return option.parse(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{source}: {exc}") from None
+
+
+def from_environment(name: str, env: Mapping[str, str]) -> Any:
+    """One setting from its environment variable alone (``None``: not set): for what runs
+    outside a session's settings (a model loaded directly, a server started by hand, the CLI)
+    yet follows what a session run in the same environment follows."""
+    option = OPTIONS_BY_NAME[name]
+    raw = env.get(option.env)
+    return None if raw in (None, "") else _parsed(option, f"environment variable {option.env}", raw)
 
 
 MARKER_OPTIONS: dict[str, Option] = {option.name: option for option in OPTIONS if option.marker}

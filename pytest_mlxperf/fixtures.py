@@ -70,22 +70,33 @@ class MlxPerf:
         self._session = item.config.stash[SESSION_KEY]
         self.settings = item_settings(item)
 
-    def load(self, backend: str, source: str = DEFAULT_MODEL) -> LoadedModel:
+    def load(
+        self, backend: str, source: str = DEFAULT_MODEL, *, repack: bool | None = None
+    ) -> LoadedModel:
         """Load ``source`` with ``backend`` ("mlx" or "llamacpp"). ``source`` is a local MLX
         folder, a ``.gguf`` file, a Hugging Face repo id present in the local cache
         (``org/name``, or ``org/name:FILE.gguf``), or a synthetic model (``synth:tiny``,
         ``synth:llama-3.2-1b@4bit``, ``synth:tiny@Q8_0``). A backend that is not installed
-        skips the test with the command that installs it."""
-        return skip_or_fail(lambda: self._session.load(backend, source))
+        skips the test with the command that installs it. ``repack``: llama.cpp's weight
+        repacking (default ``--mlxperf-repack``, else llama.cpp's own: on); off, it is part of
+        the model's identity."""
+        return skip_or_fail(lambda: self._session.load(backend, source, repack))
 
-    def serve(self, backend: str, source: str = DEFAULT_MODEL, *args: str) -> Server:
+    def serve(
+        self,
+        backend: str,
+        source: str = DEFAULT_MODEL,
+        *args: str,
+        repack: bool | None = None,
+    ) -> Server:
         """Start ``backend``'s OpenAI-compatible server ("mlx": ``mlx_lm.server``, "llamacpp":
         llama-cpp-python's) on ``source`` (any source ``load`` takes) on 127.0.0.1 with a free
         port, once per session; ``args`` go to its command line. It is stopped at the end of
         the session, and started again if it died. Measure it with ``measure``; its ``url``
         and ``complete`` serve a pipeline timed with ``time``. A server whose packages are not
-        installed skips the test with the install command."""
-        return skip_or_fail(lambda: self._session.serve(backend, source, args))
+        installed skips the test with the install command. ``repack`` as for ``load``
+        (llama-cpp-python's server has no flag for it: ``serving.llamacpp_norepack``)."""
+        return skip_or_fail(lambda: self._session.serve(backend, source, args, repack))
 
     def connect(self, url: str, model: str | None = None) -> Server:
         """A server someone else runs (ollama, LM Studio, llama.cpp's ``llama-server``, ...)

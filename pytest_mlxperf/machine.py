@@ -130,6 +130,17 @@ def read_cpuinfo() -> str:
         return ""
 
 
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The first processor's flags (x86 ``flags``, Arm ``Features``) in the text of
+    ``/proc/cpuinfo`` (this machine's when not given); empty where there is none."""
+    text = read_cpuinfo() if cpuinfo is None else cpuinfo
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
 def total_memory() -> int:
     """Physical memory in bytes."""
     import psutil

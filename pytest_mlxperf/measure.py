@@ -201,4 +201,5 @@ def measure(
         raw=raws,
         warmup=warmup,
         wall_time=wall_time,
+        build=dict(model.build),
     )

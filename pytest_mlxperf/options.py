@@ -353,6 +353,17 @@ OPTIONS: tuple[Option, ...] = (
         shown_default="all",
     ),
     Option(
+        "repack",
+        parse_bool,
+        None,
+        "llama.cpp's weight repacking (use_extra_bufts) for models and servers the fixture "
+        "loads; off is llama-server's --no-repack, and avoids llama.cpp's AMX crash on some "
+        "Intel CPUs (README: Known backend problems); part of a result's identity when off",
+        type=bool,
+        metavar="BOOL",
+        shown_default="on, llama.cpp's own",
+    ),
+    Option(
         "timeout",
         parse_positive_seconds,
         600.0,

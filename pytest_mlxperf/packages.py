@@ -8,6 +8,7 @@ the cross-file comparison and install hints always agree. Nothing here imports a
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 # every package whose version is recorded with a result (provenance), in display order
 PACKAGES = ("mlx", "mlx-metal", "mlx-cpu", "mlx-cuda", "mlx-lm", "llama-cpp-python")
@@ -27,6 +28,18 @@ INSTALL_HINTS = {
 }
 # Build variants of mlx (Linux CPU, macOS Metal, CUDA) share mlx's version; shown only if not.
 _MLX_VARIANTS = ("mlx-cpu", "mlx-metal", "mlx-cuda")
+
+
+def versions(provenance: Mapping[str, Any]) -> dict[str, str]:
+    """A record's package versions, each with the build it ran where one was recorded
+    (``provenance["builds"]``: ``{"llama-cpp-python": "0.3.36 (AVX512, AMX)"}``). A build is
+    provenance like a version: wherever versions are shown, compared or pooled, a change of
+    build counts as a change of version, so the A/B gate can compare two builds on purpose."""
+    shown = dict(provenance.get("packages") or {})
+    for name, facts in (provenance.get("builds") or {}).items():
+        if name in shown and isinstance(facts, Mapping) and facts.get("label"):
+            shown[name] = f"{shown[name]} ({facts['label']})"
+    return shown
 
 
 def backend_packages(backend: str | None, *packages: Mapping[str, str]) -> tuple[str, ...]:

@@ -21,7 +21,7 @@ from pytest_mlxperf import __version__
 from pytest_mlxperf.files import JSONFileError, atomic_write, read_json
 from pytest_mlxperf.measure import Measurement
 from pytest_mlxperf.metrics import METRICS, sample_problem
-from pytest_mlxperf.packages import sorted_packages, versions_label, versions_line
+from pytest_mlxperf.packages import sorted_packages, versions, versions_label, versions_line
 from pytest_mlxperf.pytest_benchmark_bridge import is_pytest_benchmark_document
 from pytest_mlxperf.pytest_benchmark_bridge import results_document as pytest_benchmark_results
 from pytest_mlxperf.verdicts import MetricComparison, Verdict
@@ -117,9 +117,7 @@ class PerfResult:
             )
             lines.append(
                 "  versions: "
-                + versions_line(
-                    m.backend, before.get("packages", {}), self.provenance.get("packages", {})
-                )
+                + versions_line(m.backend, versions(before), versions(self.provenance))
             )
         return "\n".join(lines)
 
@@ -197,7 +195,7 @@ class ResultsFile:
         """The backend package versions the file was measured with (all its records')."""
         merged: dict[str, str] = {}
         for record in self.records.values():
-            merged.update(record["provenance"].get("packages", {}))
+            merged.update(versions(record["provenance"]))
         return sorted_packages(merged)
 
     @property

@@ -76,7 +76,7 @@ class PerfSession:
         )
         self.rootdir = rootdir
         self.store = BaselineStore(rootdir / settings.baselines_dir)
-        self.models: dict[tuple[str, str], backends.LoadedModel] = {}
+        self.models: dict[tuple[str, str, bool | None], backends.LoadedModel] = {}
         self.servers: dict[tuple[str, ...], serving.Server] = {}
         self.results: list[PerfResult] = []  # measured in this process
         self.records: list[dict[str, Any]] = []  # all results of the run, as JSON records
@@ -97,10 +97,14 @@ class PerfSession:
     def provenance(self) -> dict[str, Any]:
         return machine.provenance(str(self.rootdir))
 
-    def load(self, backend: str, source: str) -> backends.LoadedModel:
+    def load(self, backend: str, source: str, repack: bool | None = None) -> backends.LoadedModel:
         """Load a model once per session (in its own worker unless ``isolate`` is off); later
-        calls reuse it, and a worker that died is replaced."""
-        key = (backend, source)
+        calls reuse it, and a worker that died is replaced. ``repack``: llama.cpp's weight
+        repacking, by default the session's (``--mlxperf-repack``)."""
+        if backend == "llamacpp" and repack is None:
+            repack = self.settings.repack
+        repack = backends.check_repack(backend, repack)
+        key = (backend, source, repack)
         cached = self.models.get(key)
         if isinstance(cached, WorkerModel) and not cached.alive:
             cached.restart()
@@ -119,15 +123,26 @@ class PerfSession:
                     self.settings.timeout,
                     self.settings.memory_limit,
                     self.cpus,
+                    repack,
                 )
             else:
-                self.models[key] = backends.load(backend, source, cache)
+                self.models[key] = backends.load(backend, source, cache, repack)
         return self.models[key]
 
-    def serve(self, backend: str, source: str, args: tuple[str, ...] = ()) -> serving.Server:
+    def serve(
+        self,
+        backend: str,
+        source: str,
+        args: tuple[str, ...] = (),
+        repack: bool | None = None,
+    ) -> serving.Server:
         """Start ``backend``'s server on ``source`` once per session (``serving.server.serve``);
-        later calls reuse it, and a server that died is started again."""
-        key = (backend, source, *args)
+        later calls reuse it, and a server that died is started again. ``repack``: llama.cpp's
+        weight repacking, by default the session's (``--mlxperf-repack``)."""
+        if backend == "llamacpp" and repack is None:
+            repack = self.settings.repack
+        repack = backends.check_repack(backend, repack)
+        key = (backend, source, repr(repack), *args)
         server = self.servers.get(key)
         if server is not None and not server.alive:
             server.restart()
@@ -144,6 +159,7 @@ class PerfSession:
                 cache_dir=cache,
                 timeout=self.settings.timeout,
                 cpus=self.cpus,
+                repack=repack,
             )
         return server
 
@@ -350,7 +366,10 @@ class PerfSession:
             verdict=Verdict.NEW,
             comparisons=[],
             baseline_path=self.store.path_for(nodeid),
-            provenance=self.provenance,
+            # the builds the measurement ran on are provenance, like the versions
+            provenance={**self.provenance, "builds": measurement.build}
+            if measurement.build
+            else self.provenance,
             canary=self.canary,
             notes=list(measurement.notes),
         )
@@ -367,7 +386,7 @@ class PerfSession:
             model=m.model,
             workload=m.workload.identity(),
             samples=result.all_samples,
-            provenance=self.provenance,
+            provenance=result.provenance,
             output_fingerprint=m.fingerprint,
             canary=result.canary,
         )

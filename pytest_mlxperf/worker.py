@@ -26,7 +26,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from pytest_mlxperf import cpus
+from pytest_mlxperf import backends, cpus, machine
 from pytest_mlxperf.backends.base import BackendError, LoadedModel, Measurement, RawSample
 from pytest_mlxperf.measure import MeasurementError
 from pytest_mlxperf.progress import ProgressFn, Ticker
@@ -40,7 +40,12 @@ USER_ERRORS = (BackendError, MeasurementError, ValueError)
 
 
 class WorkerError(BackendError):
-    """The worker process crashed, hung, or ran out of its memory limit."""
+    """The worker process crashed, hung, or ran out of its memory limit. ``diagnosis``: what
+    is known of such a crash (``backends.crash_diagnosis``), also at the end of the message."""
+
+    def __init__(self, message: str, diagnosis: str | None = None) -> None:
+        super().__init__(message + (f": {diagnosis}" if diagnosis else ""))
+        self.diagnosis = diagnosis
 
 
 def _exit_reason(code: int | None) -> str:
@@ -81,11 +86,10 @@ def _serve(
     source: str,
     cache_dir: str | None,
     cores: frozenset[int] | None,
+    repack: bool | None,
 ) -> None:
     """The worker's main loop: take its cores (before the backend starts any thread), load the
     model, then answer calls until told to stop."""
-    from pytest_mlxperf import backends
-
     cpus.pin(cores)
 
     def reply(call: Any, *args: Any, **kwargs: Any) -> None:
@@ -99,10 +103,11 @@ def _serve(
 
     def load() -> dict[str, Any]:
         nonlocal model
-        model = backends.load(backend, source, Path(cache_dir) if cache_dir else None)
+        model = backends.load(backend, source, Path(cache_dir) if cache_dir else None, repack)
         info = {
             k: getattr(model, k) for k in ("identity", "load_time", "vocab_size", "context_length")
         }
+        info["build"] = dict(model.build)
         info["identity"] = {**info["identity"], **cpus.identity(cores)}
         # whether the backend has the optional fine-tuning capability, for the parent to refuse
         info["finetunes"] = type(model).finetune is not LoadedModel.finetune
@@ -131,21 +136,30 @@ class WorkerModel(LoadedModel):
         timeout: float,
         memory_limit: int | None = None,
         cores: frozenset[int] | None = None,
+        repack: bool | None = None,
+        cpu_flags: frozenset[str] | None = None,
     ) -> None:
         """``cores``: the CPU cores the worker is confined to (``cpus.choose``; ``None``: any),
-        recorded in the model's identity as a count."""
+        recorded in the model's identity as a count; ``repack``: llama.cpp's weight repacking
+        (``None``: its default). ``cpu_flags``: this CPU's flags, for diagnosing a crash
+        before the backend said what it runs (``machine.cpu_flags()`` when not given)."""
+        repack = backends.check_repack(backend, repack)
         self.backend = backend
         self.timeout = timeout
         self.memory_limit = memory_limit
+        self.repack = repack
+        self._cpu_flags = cpu_flags
         self._describe = f"worker for {backend} model {source!r}"
-        self._args = (backend, source, str(cache_dir) if cache_dir else None, cores)
+        self._args = (backend, source, str(cache_dir) if cache_dir else None, cores, repack)
         self.used = False
+        self.build: dict[str, Any] = {}  # known once the model is loaded
         info = self._start()
         self.identity = info["identity"]
         self.load_time = info["load_time"]
         self.vocab_size = info["vocab_size"]
         self.context_length = info["context_length"]
         self._finetunes = info["finetunes"]
+        self.build = info["build"]
 
     def _start(self) -> dict[str, Any]:
         ctx = multiprocessing.get_context("spawn")
@@ -221,10 +235,7 @@ class WorkerModel(LoadedModel):
                     "it was stopped"
                 )
             if not self._proc.is_alive():
-                self._proc.join(1)
-                raise WorkerError(
-                    f"{self._describe} {_exit_reason(self._proc.exitcode)} during {what}"
-                )
+                raise self._died(f"during {what}")
             if time.monotonic() > deadline:
                 self._kill()
                 raise WorkerError(
@@ -234,10 +245,20 @@ class WorkerModel(LoadedModel):
         try:
             return self._conn.recv()
         except EOFError:
-            self._proc.join(1)
-            raise WorkerError(
-                f"{self._describe} {_exit_reason(self._proc.exitcode)} during {what}"
-            ) from None
+            raise self._died(f"during {what}") from None
+
+    def _died(self, when: str) -> WorkerError:
+        """The error for a worker that is gone: how it ended, and what is known of such a
+        crash of its backend (``backends.crash_diagnosis``)."""
+        self._proc.join(1)
+        code = self._proc.exitcode
+        diagnosis = None
+        if code is not None and code < 0:
+            flags = machine.cpu_flags() if self._cpu_flags is None else self._cpu_flags
+            diagnosis = backends.crash_diagnosis(
+                self.backend, -code, self.build, self.repack, flags
+            )
+        return WorkerError(f"{self._describe} {_exit_reason(code)} {when}", diagnosis)
 
     def _call(
         self,
@@ -251,7 +272,7 @@ class WorkerModel(LoadedModel):
         ``ticks``, a ``ticks`` argument (a ``Ticker`` as often as this one) whose ticks come
         back to ``ticks.report``."""
         if not self._proc.is_alive():
-            raise WorkerError(f"{self._describe} {_exit_reason(self._proc.exitcode)} earlier")
+            raise self._died("earlier")
         if ticks is not None:
             self._conn.send((method, args, ("ticks", ticks.every)))
             return self._call_result(method, ticks.report)

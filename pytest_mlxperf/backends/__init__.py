@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
+from pytest_mlxperf.backends import llamacpp_build
 from pytest_mlxperf.backends.base import BackendError, LoadedModel, RawSample
+from pytest_mlxperf.config import from_environment
 from pytest_mlxperf.packages import INSTALL_HINTS
 from pytest_mlxperf.sources import resolve
 
-__all__ = ["BACKENDS", "BackendError", "BackendUnavailable", "LoadedModel", "RawSample", "load"]
+__all__ = [
+    "BACKENDS",
+    "BackendError",
+    "BackendUnavailable",
+    "LoadedModel",
+    "RawSample",
+    "check_repack",
+    "crash_diagnosis",
+    "load",
+]
 
 # backend name → (module, the import that proves it is installed, install command)
 BACKENDS: dict[str, tuple[str, str, str]] = {
@@ -37,9 +51,41 @@ def check_available(backend: str) -> None:
         )
 
 
-def load(backend: str, source: str, cache_dir: Path | None = None) -> LoadedModel:
-    """Resolve ``source`` and load it with ``backend`` (load time measured by the backend)."""
+def check_repack(backend: str, repack: bool | None) -> bool | None:
+    """``repack`` for ``backend``: as given, else (llama.cpp) the environment's
+    ``MLXPERF_REPACK``, so that a model loaded or a server started outside a session follows
+    the setting as a session's does; ``None``: llama.cpp's default. Weight repacking is a
+    llama.cpp load setting: ``ValueError`` for any other backend given one."""
+    if backend != "llamacpp":
+        if repack is not None:
+            raise ValueError(f"repack is a llama.cpp load setting; backend {backend!r} has none")
+        return None
+    return repack if repack is not None else from_environment("repack", os.environ)
+
+
+def crash_diagnosis(
+    backend: str,
+    signal: int,
+    build: Mapping[str, Any],
+    repack: bool | None,
+    cpu_flags: Iterable[str],
+) -> str | None:
+    """What is known of ``backend``'s process dying by ``signal`` (a number), given the
+    ``build`` it reported (``LoadedModel.build``; ``{}`` if it died before), its repack setting
+    and the CPU's flags; ``None`` where nothing is. Only llama.cpp has a known crash."""
+    if backend != "llamacpp":
+        return None
+    facts = build.get(llamacpp_build.PACKAGE)
+    return llamacpp_build.crash_diagnosis(signal, facts, repack, cpu_flags)
+
+
+def load(
+    backend: str, source: str, cache_dir: Path | None = None, repack: bool | None = None
+) -> LoadedModel:
+    """Resolve ``source`` and load it with ``backend`` (load time measured by the backend).
+    ``repack``: llama.cpp's weight repacking (``check_repack``); refused for MLX."""
     check_available(backend)
+    repack = check_repack(backend, repack)
     resolved = resolve(backend, source, cache_dir)
     module = importlib.import_module(BACKENDS[backend][0])
-    return module.load(resolved)
+    return module.load(resolved, repack) if backend == "llamacpp" else module.load(resolved)

@@ -5,7 +5,9 @@ it can measure, such as MLX fine-tuning)."""
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from pytest_mlxperf import memory
@@ -60,6 +62,8 @@ class Measurement:
     wall_time: float = 0.0
     fingerprint: str | None = None
     notes: list[str] = field(default_factory=list)
+    # what the loaded libraries report of their build, per package (``LoadedModel.build``)
+    build: dict[str, Any] = field(default_factory=dict)
 
 
 class LoadedModel(abc.ABC):
@@ -70,6 +74,9 @@ class LoadedModel(abc.ABC):
     load_time: float
     vocab_size: int
     context_length: int
+    # what the loaded library reports of its build, per package (provenance, like a version):
+    # llama.cpp's features and where the weights went (``llamacpp_build``)
+    build: Mapping[str, Any] = MappingProxyType({})
 
     @abc.abstractmethod
     def tokenize(self, text: str) -> list[int]:

@@ -11,16 +11,26 @@ Threads default to one explicit number for both prompt and decode (``default_thr
 llama-bench does, never to llama-cpp-python's split of half the cores for decode and all of
 them for the prompt, which stalls the prompt whenever one core is busy. That default is part of
 the model's identity, so a baseline is never compared across thread counts.
+
+Weight repacking (``repack``) is llama.cpp's ``use_extra_bufts``: on by default, as users run
+it; turned off, the weights stay as the file has them (llama-server's ``--no-repack``), which
+avoids the AMX crash of ``llamacpp_build.crash_diagnosis``. Off, it is part of the identity.
+What the loaded library says of its build, and where the weights went, is the model's
+``build`` (provenance).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from pytest_mlxperf import cpus, memory
 from pytest_mlxperf.backends.base import BackendError, LoadedModel, RawSample
+from pytest_mlxperf.backends.llamacpp_build import PACKAGE, buffer_types, build_facts
 from pytest_mlxperf.progress import Ticker
 from pytest_mlxperf.sources import ResolvedSource
 from pytest_mlxperf.workload import Workload
@@ -44,6 +54,70 @@ def default_threads(cores: frozenset[int] | None = None) -> int:
     usable = cores if cores is not None else cpus.allowed()
     threads = max(1, physical - 1)
     return min(threads, len(usable)) if usable else threads
+
+
+@contextlib.contextmanager
+def repacking(repack: bool | None) -> Iterator[None]:
+    """Weight repacking on or off for the models llama-cpp-python loads inside (``None``:
+    llama.cpp's default, on). ``Llama(...)`` has no argument for it: it builds its model
+    parameters from ``llama_model_default_params()``, which is wrapped for the time inside."""
+    if repack is None:
+        yield
+        return
+    import llama_cpp.llama_cpp as lib
+
+    if "use_extra_bufts" not in {name for name, *_ in lib.llama_model_params._fields_}:
+        raise BackendError(
+            "this llama-cpp-python's llama.cpp has no use_extra_bufts: weight repacking cannot "
+            'be turned off; pip install -U "llama-cpp-python"'
+        )
+    original = lib.llama_model_default_params
+
+    def params() -> Any:
+        p = original()
+        p.use_extra_bufts = repack
+        return p
+
+    lib.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        lib.llama_model_default_params = original
+
+
+@contextlib.contextmanager
+def captured_log() -> Iterator[list[str]]:
+    """llama.cpp's log while inside, as lines (the load log says where the weights went);
+    errors still reach stderr, as llama-cpp-python's own handler prints them. Its handler is
+    put back afterwards."""
+    import ctypes
+
+    import llama_cpp._logger as own
+    import llama_cpp.llama_cpp as lib
+
+    chunks: list[str] = []
+    lines: list[str] = []
+
+    @lib.llama_log_callback  # type: ignore[misc]
+    def keep(level: int, text: bytes, _: Any) -> None:
+        chunk = text.decode("utf-8", errors="replace")
+        chunks.append(chunk)
+        if level == 3:  # GGML_LOG_LEVEL_ERROR
+            print(chunk, end="", file=sys.stderr)
+
+    lib.llama_log_set(keep, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        lib.llama_log_set(own.llama_log_callback, ctypes.c_void_p(0))
+        lines += "".join(chunks).splitlines()
+
+
+def system_info() -> str:
+    """The loaded llama.cpp's feature line (``CPU : SSE3 = 1 | AVX2 = 1 | ...``)."""
+    import llama_cpp
+
+    return bytes(llama_cpp.llama_print_system_info()).decode("utf-8", errors="replace")
 
 
 def _settings(workload: Workload | None, threads: int) -> tuple[Any, ...]:
@@ -76,14 +150,17 @@ def _prefill(llm: Any, tokens: list[int], stage: str, ticks: Ticker | None) -> N
 class LlamaCppModel(LoadedModel):
     backend = "llamacpp"
 
-    def __init__(self, resolved: ResolvedSource) -> None:
+    def __init__(self, resolved: ResolvedSource, repack: bool | None = None) -> None:
         self._path = str(resolved.path)
         self._llama: Any = None
         self._key: tuple[Any, ...] | None = None
+        self.repack = repack
         self.threads = default_threads()
-        t0 = time.perf_counter()
-        llm = self._instance(None)
-        self.load_time = time.perf_counter() - t0
+        with captured_log() as log:
+            t0 = time.perf_counter()
+            llm = self._instance(None)
+            self.load_time = time.perf_counter() - t0
+        self.build = {PACKAGE: build_facts(system_info(), buffer_types(log))}
         meta = llm.metadata
         arch = meta.get("general.architecture", "")
         self.vocab_size = llm.n_vocab()
@@ -93,6 +170,7 @@ class LlamaCppModel(LoadedModel):
             quantization=llm._model.desc(),
             file_type=meta.get("general.file_type"),
             default_threads=self.threads,  # what runs a workload that sets no threads
+            **({"repack": False} if repack is False else {}),
         )
 
     def _instance(self, workload: Workload | None) -> Any:
@@ -103,17 +181,18 @@ class LlamaCppModel(LoadedModel):
             n_ctx, n_batch, flash_attn, threads, n_gpu_layers = key
             self._llama = None  # free the old context before allocating the new one
             try:
-                self._llama = Llama(
-                    model_path=self._path,
-                    n_ctx=n_ctx,
-                    n_batch=n_batch,
-                    n_ubatch=n_batch,
-                    flash_attn=flash_attn,
-                    n_threads=threads,
-                    n_threads_batch=threads,
-                    n_gpu_layers=n_gpu_layers,
-                    verbose=False,
-                )
+                with repacking(self.repack):
+                    self._llama = Llama(
+                        model_path=self._path,
+                        n_ctx=n_ctx,
+                        n_batch=n_batch,
+                        n_ubatch=n_batch,
+                        flash_attn=flash_attn,
+                        n_threads=threads,
+                        n_threads_batch=threads,
+                        n_gpu_layers=n_gpu_layers,
+                        verbose=False,
+                    )
             except ValueError as exc:
                 raise BackendError(f"llama.cpp could not load {self._path}: {exc}") from exc
             self._key = key
@@ -176,5 +255,5 @@ class LlamaCppModel(LoadedModel):
         self._key = None
 
 
-def load(resolved: ResolvedSource) -> LlamaCppModel:
-    return LlamaCppModel(resolved)
+def load(resolved: ResolvedSource, repack: bool | None = None) -> LlamaCppModel:
+    return LlamaCppModel(resolved, repack)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from html import escape
 
 from pytest_mlxperf.comparison import Comparison, Row
-from pytest_mlxperf.packages import versions_label
+from pytest_mlxperf.packages import versions, versions_label
 from pytest_mlxperf.render.text import explanations, format_change, format_p, summary_line
 from pytest_mlxperf.verdicts import Verdict
 
@@ -89,7 +89,7 @@ def _series(comparison: Comparison, row: Row) -> list[_Series]:
             record, samples = cell.record, cell.samples(row.metric.name) or []
             status, change = cell.status, format_change(cell)
             change += " n.s." if cell.status_text != cell.status else ""
-        packages = record["provenance"].get("packages", {}) if record else f.packages
+        packages = versions(record["provenance"]) if record else f.packages
         out.append(_Series(n, versions_label(packages, row.backend), samples, status, change))
     return out
 

@@ -307,4 +307,5 @@ def measure_server(
         warmup=warmup,
         wall_time=wall_time,
         notes=notes,
+        build=server.build,
     )

@@ -23,6 +23,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pytest_mlxperf import cpus
 from pytest_mlxperf.serving.errors import ServerError
@@ -47,6 +48,12 @@ class ServerKind:
     # skips its max_tokens check while a multi-byte character is incomplete, for as long as
     # the model keeps producing partial characters (random weights do, for dozens of tokens)
     overshoots: bool = False
+    # the backend whose library it runs (``backends.crash_diagnosis``, ``LoadedModel.build``)
+    backend: str = ""
+    # the same server with weight repacking off, where it has no flag for it (``None``: none)
+    no_repack_module: str | None = None
+    # what its log says of the build it loaded, as ``LoadedModel.build`` (``{}``: nothing)
+    build_from_log: Callable[[str], dict[str, Any]] = lambda log: {}
 
 
 def _llamacpp_defaults(cores: frozenset[int] | None) -> tuple[str, ...]:
@@ -59,11 +66,29 @@ def _llamacpp_defaults(cores: frozenset[int] | None) -> tuple[str, ...]:
     return ("--interrupt_requests", "False", "--n_threads", threads, "--n_threads_batch", threads)
 
 
+def _llamacpp_build(log: str) -> dict[str, Any]:
+    """llama-cpp-python's server loads verbosely: its log has the build's feature line and
+    the buffers the weights went to."""
+    from pytest_mlxperf.backends.llamacpp_build import PACKAGE, facts_from_log
+
+    facts = facts_from_log(log)
+    return {PACKAGE: facts} if facts is not None else {}
+
+
 SERVER_KINDS = {
     # mlx_lm.server loads the model in its generation thread; /health is 503 once that died
-    "mlx": ServerKind("mlx_lm.server", "mlx_lm.server", "/health", failed_status=503),
+    "mlx": ServerKind(
+        "mlx_lm.server", "mlx_lm.server", "/health", failed_status=503, backend="mlx"
+    ),
     "llamacpp": ServerKind(
-        "llama_cpp.server", "llama_cpp.server", "/v1/models", _llamacpp_defaults, overshoots=True
+        "llama_cpp.server",
+        "llama_cpp.server",
+        "/v1/models",
+        _llamacpp_defaults,
+        overshoots=True,
+        backend="llamacpp",
+        no_repack_module="pytest_mlxperf.serving.llamacpp_norepack",
+        build_from_log=_llamacpp_build,
     ),
 }
 
@@ -100,20 +125,26 @@ class ServerProcess:
         python: str = sys.executable,
         start_timeout: float = 120.0,
         cores: frozenset[int] | None = None,
+        repack: bool | None = None,
     ) -> None:
-        """``cores``: the CPU cores the server is confined to (``cpus.choose``; ``None``: any)."""
+        """``cores``: the CPU cores the server is confined to (``cpus.choose``; ``None``: any);
+        ``repack``: llama.cpp's weight repacking (``None``: its default; ``False`` runs the
+        kind's ``no_repack_module``)."""
+        if repack is False and kind.no_repack_module is None:
+            raise ValueError(f"{kind.name} has no way to turn weight repacking off")
         self.kind = kind
         self.model_path = model_path
         self.extra_args = extra_args
         self.start_timeout = start_timeout
         self.cores = cores
+        self.repack = repack
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(tempfile.mkstemp(prefix=f"mlxperf-{kind.module}-", suffix=".log")[1])
         self.command = [
             python,
             "-m",
-            kind.module,
+            kind.no_repack_module if repack is False and kind.no_repack_module else kind.module,
             "--model",
             str(model_path),
             "--host",
@@ -142,6 +173,8 @@ class ServerProcess:
             self.stop()
             raise
         self.start_time = time.perf_counter() - started
+        # what the server's library said of its build while loading (provenance)
+        self.build = kind.build_from_log(self._log_text())
 
     @property
     def pid(self) -> int:
@@ -151,25 +184,38 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def log_tail(self, lines: int = _LOG_TAIL) -> str:
-        """The last lines the server printed (its log file), for error messages."""
+    def _log_text(self) -> str:
         try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             return ""
+
+    def log_tail(self, lines: int = _LOG_TAIL) -> str:
+        """The last lines the server printed (its log file), for error messages."""
+        text = self._log_text()
         # without the access-log lines of our own readiness polls, which would hide the error
         poll = f"GET {self.kind.ready_path} "
         return "\n".join([ln for ln in text.rstrip().splitlines() if poll not in ln][-lines:])
 
-    def exit_report(self) -> str:
-        """Why the server is gone: its exit code (or signal) and the end of its log."""
+    def exit_report(self, cpu_flags: frozenset[str] | None = None) -> str:
+        """Why the server is gone: its exit code (or signal), the end of its log, and what is
+        known of such a crash (``backends.crash_diagnosis``, from the build its log names;
+        ``cpu_flags``: the CPU's, ``machine.cpu_flags()`` when not given)."""
         code = self.process.poll()
-        how = (
-            f"killed by signal {-code}"
-            if code is not None and code < 0
-            else f"exited with code {code}"
+        report = f"{self.kind.name} ({self.url}, pid {self.pid}) "
+        if code is None or code >= 0:
+            return report + f"exited with code {code}{self.log_note()}"
+        from pytest_mlxperf import backends, machine
+
+        diagnosis = backends.crash_diagnosis(
+            self.kind.backend,
+            -code,
+            self.kind.build_from_log(self._log_text()),
+            self.repack,
+            machine.cpu_flags() if cpu_flags is None else cpu_flags,
         )
-        return f"{self.kind.name} ({self.url}, pid {self.pid}) {how}{self.log_note()}"
+        known = f"\n{diagnosis}" if diagnosis else ""
+        return report + f"killed by signal {-code}{self.log_note()}{known}"
 
     def log_note(self) -> str:
         """``; the end of its log (PATH):`` and the last lines, for an error message; empty
@@ -212,6 +258,7 @@ class ServerProcess:
             python=self.command[0],
             start_timeout=self.start_timeout,
             cores=self.cores,
+            repack=self.repack,
         )
 
     def stop(self, grace: float = 10.0) -> None:
