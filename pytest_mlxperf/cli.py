@@ -14,7 +14,7 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pytest_mlxperf import __version__, machine
 from pytest_mlxperf.options import OPTIONS_BY_NAME, argparse_type
@@ -24,9 +24,41 @@ if TYPE_CHECKING:
 
 
 def _machine(args: argparse.Namespace) -> int:
+    """The fingerprint, then each backend's versions, build and smoke test (``smoke``); exit 1
+    when an installed backend fails its smoke test."""
+    from pytest_mlxperf.backends import BACKENDS
+    from pytest_mlxperf.packages import BACKEND_PACKAGES, versions, versions_label
+    from pytest_mlxperf.smoke import smoke
+
     fp = machine.fingerprint(args.name)
-    print(json.dumps({"machine_id": machine.machine_id(fp), "fingerprint": fp}, indent=2))
-    return 0
+    installed = machine.package_versions()
+    shown: dict[str, Any] = {"machine_id": machine.machine_id(fp), "fingerprint": fp}
+    amx = sorted(f for f in machine.cpu_flags() if f.startswith("amx"))
+    lines = [f"machine {shown['machine_id']}: {json.dumps(fp)}"]
+    if amx:
+        lines.append(f"  CPU has AMX ({' '.join(amx)}): see README, Known backend problems")
+    shown["backends"] = {}
+    for name in args.backend or BACKENDS:
+        packages = {p: installed[p] for p in BACKEND_PACKAGES[name] if p in installed}
+        result = smoke(name) if not args.no_smoke else None
+        build = result.build if result is not None else {}
+        shown["backends"][name] = {
+            "versions": versions({"packages": packages, "builds": build}),
+            "smoke": result.to_json() if result is not None else None,
+        }
+        lines.append(f"{name}: {versions_label(versions({'packages': packages, 'builds': build}))}")
+        for facts in build.values():
+            lines.append(f"  build: {facts['system_info']}")
+            lines.append(f"  weights: {', '.join(facts['buffers']) or 'unknown'}")
+        if result is not None:
+            lines.append("  smoke test: " + result.describe().replace("\n", "\n    "))
+    print(json.dumps(shown, indent=2) if args.json else "\n".join(lines))
+    failed = [
+        r["smoke"]
+        for r in shown["backends"].values()
+        if r["smoke"] is not None and r["smoke"]["ok"] is False
+    ]
+    return 1 if failed else 0
 
 
 def _comparison(args: argparse.Namespace) -> Comparison:
@@ -191,6 +223,20 @@ def _bisect(args: argparse.Namespace) -> int:
 
 def _add_results_parsers(sub: argparse._SubParsersAction) -> None:
     tolerance, alpha = OPTIONS_BY_NAME["tolerance"], OPTIONS_BY_NAME["alpha"]
+    # what --alpha is the level of (comparison.py, process_stats.py): the plugin's test on
+    # samples of one process, or a t-test with the process as the unit
+    mann_whitney = "the one-sided Mann-Whitney U test"
+    t_test = (
+        "t-test of the log ratio of per-process medians (a regression when its one-sided "
+        "1-ALPHA confidence bound lies beyond the tolerance)"
+    )
+    difference = f"memory growth (a difference near zero) by {mann_whitney} on all samples"
+    by_file = (
+        f"significance level of {mann_whitney} on the two files' samples; with --pool and 2 "
+        f"or more files on both sides, of a {t_test}, paired file by file when the sides have "
+        f"as many files, else Welch's; {difference}"
+    )
+    by_round = f"significance level of a {t_test}, paired by round; {difference}"
 
     def judged(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("results", nargs="+", type=Path, help="results files (JSON)")
@@ -200,9 +246,9 @@ def _add_results_parsers(sub: argparse._SubParsersAction) -> None:
             help="the file the others are judged against: one of RESULTS, or its 1-based "
             "position (-1: the last); default: the first",
         )
-        judging(parser)
+        judging(parser, by_file)
 
-    def judging(parser: argparse.ArgumentParser) -> None:
+    def judging(parser: argparse.ArgumentParser, alpha_help: str) -> None:
         parser.add_argument(
             "--tolerance",
             type=argparse_type(tolerance),
@@ -215,7 +261,7 @@ def _add_results_parsers(sub: argparse._SubParsersAction) -> None:
             type=argparse_type(alpha),
             default=alpha.default,
             metavar=alpha.metavar,
-            help=f"{alpha.help} (default {alpha.default})",
+            help=f"{alpha_help} (default {alpha.default})",
         )
 
     def rounds(parser: argparse.ArgumentParser, max_rounds: int) -> None:
@@ -289,7 +335,7 @@ def _add_results_parsers(sub: argparse._SubParsersAction) -> None:
         metavar="ENV:KEY=VALUE",
         help="an environment variable for one environment's processes (repeatable)",
     )
-    judging(ab)
+    judging(ab, by_round)
     rounds(ab, max_rounds=10)
     ab.add_argument(
         "--order",
@@ -345,7 +391,7 @@ def _add_results_parsers(sub: argparse._SubParsersAction) -> None:
         "--pin-if '<0.30' 'transformers<5' (repeatable)",
     )
     bisect.add_argument("--metric", help="follow only this metric (default: all that differ)")
-    judging(bisect)
+    judging(bisect, by_round)
     rounds(bisect, max_rounds=8)
     bisect.add_argument(
         "--out", type=Path, default=Path("results/bisect"), help="folder for state and results"
@@ -375,8 +421,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     synth.add_parser(sub)
-    show = sub.add_parser("machine", help="print this machine's fingerprint and baseline id")
+    show = sub.add_parser(
+        "machine",
+        help="a first look at this machine: its fingerprint (what baselines are keyed on), "
+        "each backend's versions and build, and a smoke test of each; exit 1 if one fails",
+        description="Print this machine's fingerprint and baseline id, then for each installed "
+        "backend its versions, the build its library reports (llama.cpp: CPU features, where "
+        "the weights went) and a smoke test: one tiny measurement of synth:tiny in a worker "
+        "process, which reports a crash with what is known of it. Run it first on a new CI "
+        "runner. Exit 1 when an installed backend fails its smoke test.",
+    )
     show.add_argument("--name", help="the --mlxperf-machine override to apply")
+    show.add_argument(
+        "--backend",
+        action="append",
+        choices=("mlx", "llamacpp"),
+        help="only this backend (repeatable; default: all)",
+    )
+    show.add_argument("--no-smoke", action="store_true", help="do not run the smoke tests")
+    show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(func=_machine)
     _add_results_parsers(sub)
     return parser

@@ -244,7 +244,7 @@ class WorkerModel(LoadedModel):
                 )
         try:
             return self._conn.recv()
-        except EOFError:
+        except (EOFError, ConnectionResetError):  # the worker died with the pipe open
             raise self._died(f"during {what}") from None
 
     def _died(self, when: str) -> WorkerError:
@@ -273,11 +273,14 @@ class WorkerModel(LoadedModel):
         back to ``ticks.report``."""
         if not self._proc.is_alive():
             raise self._died("earlier")
+        listen: Any = "progress" if progress is not None else None
         if ticks is not None:
-            self._conn.send((method, args, ("ticks", ticks.every)))
-            return self._call_result(method, ticks.report)
-        self._conn.send((method, args, "progress" if progress is not None else None))
-        return self._call_result(method, progress)
+            listen = ("ticks", ticks.every)
+        try:
+            self._conn.send((method, args, listen))
+        except (BrokenPipeError, ConnectionResetError):  # it died since is_alive said not
+            raise self._died(f"before {method}") from None
+        return self._call_result(method, ticks.report if ticks is not None else progress)
 
     def tokenize(self, text: str) -> list[int]:
         return self._call("tokenize", text)

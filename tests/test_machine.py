@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -114,7 +115,11 @@ def test_an_older_fingerprint_is_recognized_by_what_it_lacks() -> None:
 
 def test_the_cli_prints_the_new_fingerprint() -> None:
     out = subprocess.run(
-        ["mlxperf", "machine"], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-m", "pytest_mlxperf.cli", "machine", "--json", "--no-smoke"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     shown = json.loads(out.stdout)
     assert shown["machine_id"] == machine.machine_id(shown["fingerprint"])

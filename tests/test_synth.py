@@ -41,7 +41,13 @@ def mlx_lm():
 
 @pytest.fixture(scope="module")
 def llama_cpp():
-    return pytest.importorskip("llama_cpp")
+    module = pytest.importorskip("llama_cpp")
+    from pytest_mlxperf.backends import check_repack
+    from pytest_mlxperf.backends.llamacpp import repacking
+
+    # models loaded here repack as the suite's do (off where llama.cpp's defaults crash: conftest)
+    with repacking(check_repack("llamacpp", None)):
+        yield module
 
 
 def weight_files(path: Path) -> list[Path]:
