@@ -221,3 +221,31 @@ def test_mlxperf_machine_shows_each_backends_build_and_smoke_test() -> None:
         assert smoke["diagnosis"] and smoke["repack_off"] is not None
     text = subprocess.run(command, capture_output=True, text=True, timeout=300).stdout
     assert f"build: {facts['system_info']}" in text and "smoke test: " in text
+
+
+def test_a_change_of_build_is_named_in_the_verdict(tmp_path: Path) -> None:
+    from pytest_mlxperf.config import Settings
+    from pytest_mlxperf.session import PerfSession
+
+    quick = {"machine": "box", "repetitions": 2, "warmup": 0}
+    workload = Workload(prompt_tokens=16, generation_tokens=4)
+    saver = PerfSession(Settings(save_baselines=True, **quick), tmp_path)
+    try:
+        saved = saver.run("t.py::t", saver.load("llamacpp", "synth:tiny"), workload, saver.settings)
+    finally:
+        saver.close()
+    label = saved.provenance["builds"][build.PACKAGE]["label"]
+    # the baseline as a run on another build of the same version would have recorded it
+    path = saver.store.path_for("t.py::t")
+    text = path.read_text()
+    assert f'"label": "{label}"' in text
+    path.write_text(text.replace(f'"label": "{label}"', '"label": "AVX2, AMX"'))
+    session = PerfSession(Settings(confirm=0, **quick), tmp_path)
+    try:
+        result = session.run(
+            "t.py::t", session.load("llamacpp", "synth:tiny"), workload, session.settings
+        )
+    finally:
+        session.close()
+    version = result.provenance["packages"]["llama-cpp-python"]
+    assert f"llama-cpp-python {version} (AVX2, AMX) -> {version} ({label})" in result.report()
