@@ -3,9 +3,10 @@ identity, and prompts of an exact length in its own tokens.
 
 Identity: a started server is its backend's model identity (content hash included) plus the
 server program and its arguments; a connected one is what it reports of itself (model name, a
-digest where offered, its ``Server`` header's program name) plus the kind of host its URL
-names. A connected server's backend is ``remote``, so it is never compared with a local
-measurement.
+digest where offered, the server program: the kind of started server it was recognized as,
+else its ``Server`` header's program name) plus the kind of host its URL names. A connected
+server's backend is ``remote``, so it is never compared with a local measurement; a recognized
+one is held to what is known of its program (``ServerKind``) as a started one is.
 
 Exact prompts: the prompt is a run of words that are each one token of the server's tokenizer
 (found by asking it: its tokenize endpoint where it has one, otherwise the ``usage`` of a
@@ -34,7 +35,7 @@ from urllib.parse import urlsplit
 from pytest_mlxperf import cpus as confinement  # serve's ``cpus`` is the cores
 from pytest_mlxperf.serving.client import Client
 from pytest_mlxperf.serving.errors import ServerError
-from pytest_mlxperf.serving.launch import SERVER_KINDS, ServerProcess
+from pytest_mlxperf.serving.launch import SERVER_KINDS, ServerKind, ServerProcess
 
 COMPLETIONS = "/v1/completions"
 # packages a started server of each backend needs (looked up, never imported here)
@@ -88,7 +89,9 @@ class Server:
     """A server to measure: where it is, what it serves, how to talk to it.
 
     ``backend`` is ``mlx-server`` or ``llamacpp-server`` for a started server and ``remote``
-    for a connected one; ``process`` is the started server's process (``None`` otherwise)."""
+    for a connected one; ``process`` is the started server's process (``None`` otherwise);
+    ``kind`` is the server program where it is known: a started server's, or the one a
+    connected server was recognized as (``recognize``)."""
 
     def __init__(
         self,
@@ -101,8 +104,10 @@ class Server:
         eos_ids: tuple[int, ...] = (),
         tokenizer: Tokenizer | None = None,
         local_tokenizer: Any = None,
+        kind: ServerKind | None = None,
     ) -> None:
         self.backend = backend
+        self.kind = process.kind if process is not None else kind
         self.url = url
         self.model = model
         self.identity = identity
@@ -133,11 +138,17 @@ class Server:
     @property
     def overshoots(self) -> bool:
         """May generate past max_tokens (``ServerKind.overshoots``): counted, not refused."""
-        return self.process is not None and self.process.kind.overshoots
+        return self.kind is not None and self.kind.overshoots
 
     @property
     def alive(self) -> bool:
         return self.process is None or self.process.alive
+
+    @property
+    def build(self) -> dict[str, Any]:
+        """What a started server's library said of its build (``ServerProcess.build``), as
+        ``LoadedModel.build``; nothing is known of a connected one's."""
+        return dict(self.process.build) if self.process is not None else {}
 
     def restart(self) -> None:
         """Replace a started server's process with a fresh one (a new port; this object, and
@@ -340,16 +351,22 @@ def serve(
     cache_dir: Path | None = None,
     timeout: float = 600.0,
     cpus: frozenset[int] | None = None,
+    repack: bool | None = None,
 ) -> Server:
     """Start ``backend``'s server on ``source`` (any model source ``mlxperf.load`` takes) on
     127.0.0.1 and wait until it is ready; ``args`` go to the server's command line; ``cpus``:
-    the cores it is confined to (recorded in its identity as a count)."""
+    the cores it is confined to (recorded in its identity as a count); ``repack``: llama.cpp's
+    weight repacking (``None``: its default; off, part of the identity)."""
+    from pytest_mlxperf.backends import check_repack
     from pytest_mlxperf.sources import resolve
 
     check_server_available(backend)
+    repack = check_repack(backend, repack)
     kind = SERVER_KINDS[backend]
     resolved = resolve(backend, source, cache_dir)
-    process = ServerProcess(kind, resolved.path, tuple(args), start_timeout=timeout, cores=cpus)
+    process = ServerProcess(
+        kind, resolved.path, tuple(args), start_timeout=timeout, cores=cpus, repack=repack
+    )
     # the server's version is provenance, like a backend's: an upgrade compares the two
     identity = resolved.identity(
         f"{backend}-server",
@@ -357,6 +374,7 @@ def serve(
         server_args=list(args),
         quantization=_quantization(backend, resolved.path),
         **confinement.identity(cpus),
+        **({"repack": False} if repack is False else {}),
     )
     return Server(
         f"{backend}-server",
@@ -375,6 +393,17 @@ def _listed_models(client: Client) -> list[dict[str, Any]]:
     answer = client.get("/v1/models")
     data = answer.get("data") if isinstance(answer, dict) else None
     return [m for m in data or [] if isinstance(m, dict) and "id" in m]
+
+
+def recognize(entry: Mapping[str, Any], tokenizer: Tokenizer | None) -> ServerKind | None:
+    """The kind of started server (``SERVER_KINDS``) a connected one is, from what it says of
+    itself (``entry``: its model's ``/v1/models`` entry; ``tokenizer``: the endpoint it
+    answered at), so that what is known of that program holds for it too
+    (``ServerKind.overshoots``); ``None`` for any other. llama-cpp-python's server has its own
+    ``/extras/tokenize`` and lists its models ``owned_by: "me"``."""
+    if tokenizer == TOKENIZERS[0] and entry.get("owned_by") == "me":
+        return SERVER_KINDS["llamacpp"]
+    return None
 
 
 def connect(url: str, model: str | None = None, *, timeout: float = 600.0) -> Server:
@@ -396,20 +425,6 @@ def connect(url: str, model: str | None = None, *, timeout: float = 600.0) -> Se
             model = names[0]
         elif names and model not in names:
             raise ServerError(f"{url} does not serve {model!r}; it lists: {', '.join(names)}")
-        header = probe.server_header("/v1/models")
-        identity: dict[str, Any] = {
-            "backend": "remote",
-            "name": model or "(the server's default model)",
-            "server": header or "unknown",
-            "host": host_kind(url),
-        }
-        entry = next((m for m in listed if m["id"] == model), {})
-        if isinstance(entry.get("meta"), dict):  # llama.cpp's server: parameters, size
-            identity["meta"] = entry["meta"]
-        tags = probe.get("/api/tags")  # ollama: the model's digest
-        for tagged in (tags or {}).get("models", []) if isinstance(tags, dict) else []:
-            if isinstance(tagged, dict) and model in (tagged.get("name"), tagged.get("model")):
-                identity["digest"] = tagged.get("digest")
         tokenizer = next(
             (
                 t
@@ -418,6 +433,21 @@ def connect(url: str, model: str | None = None, *, timeout: float = 600.0) -> Se
             ),
             None,
         )
+        entry = next((m for m in listed if m["id"] == model), {})
+        kind = recognize(entry, tokenizer)
+        header = probe.server_header("/v1/models")
+        identity: dict[str, Any] = {
+            "backend": "remote",
+            "name": model or "(the server's default model)",
+            "server": kind.name if kind is not None else header or "unknown",
+            "host": host_kind(url),
+        }
+        if isinstance(entry.get("meta"), dict):  # llama.cpp's server: parameters, size
+            identity["meta"] = entry["meta"]
+        tags = probe.get("/api/tags")  # ollama: the model's digest
+        for tagged in (tags or {}).get("models", []) if isinstance(tags, dict) else []:
+            if isinstance(tagged, dict) and model in (tagged.get("name"), tagged.get("model")):
+                identity["digest"] = tagged.get("digest")
     finally:
         probe.close()
-    return Server("remote", url, model, identity, timeout, tokenizer=tokenizer)
+    return Server("remote", url, model, identity, timeout, tokenizer=tokenizer, kind=kind)
