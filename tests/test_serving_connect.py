@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pytest_mlxperf.backends import check_repack
 from pytest_mlxperf.serving.launch import SERVER_KINDS, free_port
 from pytest_mlxperf.serving.server import TOKENIZERS, recognize
 from pytest_mlxperf.sources import resolve
@@ -42,10 +43,13 @@ def users_llamacpp_server(
     teardown would drop them, and numpy cannot be imported twice in one process."""
     model = resolve("llamacpp", "synth:tiny", synth_cache).path
     url = f"http://127.0.0.1:{free_port()}"
+    # the same server with repacking off where the suite runs llama.cpp so (conftest: llama.cpp's
+    # defaults crash on this machine); it is llama_cpp.server's own __main__ either way
+    no_repack = check_repack("llamacpp", None) is False
     command = [
         sys.executable,
         "-m",
-        "llama_cpp.server",
+        SERVER_KINDS["llamacpp"].no_repack_module if no_repack else "llama_cpp.server",
         "--model",
         str(model),
         "--host",
