@@ -7,7 +7,9 @@ Two ways in:
   / iterations) become ``duration`` samples of one measurement of that test, which the plugin
   gates, stores and reports like any other. The fixture itself is unchanged but for one thing:
   it remembers what it timed (``record_calls``), so that a regression can be confirmed by timing
-  the same function again with the same rounds, iterations, timer and GC setting.
+  the same function again with the same rounds, iterations, timer and GC setting. Only the
+  fixture's public surface is used (its call, ``pedantic``, ``stats``, ``group``, ``param``,
+  ``disabled``): its constructor's arguments change between releases (5.3 added two).
 - **pytest-benchmark JSON files** (``--benchmark-json``, or ``.benchmarks/<machine>/NNNN_*.json``
   saved with ``--benchmark-save-data``) read by ``mlxperf compare`` / ``report``
   (``results_document``): each benchmark becomes a record of the same identity.
@@ -23,7 +25,13 @@ benchmark with no more rounds than that keeps every round as a sample.
 
 Identity: the test, the benchmark's ``group`` and ``param``, the timer and whether the GC was
 disabled (they change what is timed); rounds, iterations and the calibration options only
-change how often, and samples are per call whatever they are.
+change how often, and samples are per call whatever they are. So does pytest-benchmark 5.3's
+``--benchmark-precision`` (with ``--benchmark-confidence``): a rule that stops the rounds once
+the mean's margin of error is small, leaving the calibration, the iterations per round and what
+a round times alone. It is recorded (``BenchmarkRounds.precision``, the result's note), not
+matched. But a few rounds that agree were timed within a millisecond, in one state of the
+machine, so a confirmation does not repeat them: it times the rounds ``--benchmark-max-time``
+allows (``confirmation_rounds``).
 
 Nothing here imports pytest; pytest-benchmark is imported only once one of its fixtures exists.
 """
@@ -31,6 +39,8 @@ Nothing here imports pytest; pytest-benchmark is imported only once one of its f
 from __future__ import annotations
 
 import functools
+import inspect
+import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -81,6 +91,10 @@ class BenchmarkRounds:
     stddev: float
     samples: int
     source: str  # "pytest-benchmark", or "pytest-mlxperf" for a confirmation re-run
+    # --benchmark-precision / --benchmark-confidence as pytest-benchmark recorded them (5.3+;
+    # None: off). They stop benchmark(...)'s rounds early, not pedantic mode's fixed rounds.
+    precision: float | None = None
+    confidence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +106,7 @@ class TimedCall:
     kwargs: dict[str, Any] = field(default_factory=dict)
     setup: Callable[[], Any] | None = None
     teardown: Callable[..., Any] | None = None
+    pedantic: bool = False  # fixed rounds: --benchmark-precision does not apply
 
     def arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The arguments of one round: ``setup()``'s, where it returns them (pedantic mode)."""
@@ -110,6 +125,20 @@ def measurement_key(nodeid: str) -> str:
     return f"{BACKEND}:{measurement_name(nodeid)}:{LABEL}"
 
 
+def stopping_rule(options: Mapping[str, Any], where: str) -> tuple[float | None, float | None]:
+    """``(precision, confidence)`` of pytest-benchmark 5.3's ``--benchmark-precision`` and
+    ``--benchmark-confidence`` in a benchmark's ``options``; ``(None, None)`` when off, or
+    before 5.3, which does not record them. ``ValueError`` names ``where`` for a value that is
+    not a number."""
+    values = options.get("precision"), options.get("confidence")
+    for name, value in zip(("precision", "confidence"), values, strict=True):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{where}: options.{name} is {value!r}, not a number")
+    precision, confidence = values
+    # pytest-benchmark ignores the pair unless both are set
+    return (float(precision), float(confidence)) if precision and confidence else (None, None)
+
+
 def _measurement(
     name: str,
     workload: BenchmarkWorkload,
@@ -117,6 +146,7 @@ def _measurement(
     iterations: int,
     blocks: int,
     source: str,
+    stopping: tuple[float | None, float | None],
 ) -> Measurement:
     samples = block_medians(per_call, blocks)
     rounds = BenchmarkRounds(
@@ -128,6 +158,8 @@ def _measurement(
         stddev=statistics.stdev(per_call) if len(per_call) > 1 else 0.0,
         samples=len(samples),
         source=source,
+        precision=stopping[0],
+        confidence=stopping[1],
     )
     return Measurement(
         backend=BACKEND,
@@ -158,7 +190,10 @@ def benchmark_fixture(funcargs: Mapping[str, Any]) -> Any | None:
 @functools.cache
 def recording_fixture_class() -> type:
     """pytest-benchmark's fixture class with one addition: each use records its ``TimedCall``
-    (its timing is pytest-benchmark's own)."""
+    (its timing is pytest-benchmark's own). It defines no constructor and passes every
+    argument of a call through, so it works whatever the installed release's constructor and
+    ``pedantic`` take; ``pedantic``'s arguments are read by name from that release's own
+    signature."""
     from pytest_benchmark.fixture import BenchmarkFixture
 
     class RecordingBenchmarkFixture(BenchmarkFixture):  # type: ignore[misc]
@@ -166,22 +201,16 @@ def recording_fixture_class() -> type:
             setattr(self, CALL_ATTRIBUTE, TimedCall(function_to_benchmark, args, kwargs))
             return super().__call__(function_to_benchmark, *args, **kwargs)
 
-        def pedantic(
-            self,
-            target: Any,
-            args: Any = (),
-            kwargs: Any = None,
-            setup: Any = None,
-            teardown: Any = None,
-            rounds: int = 1,
-            warmup_rounds: int = 0,
-            iterations: int = 1,
-        ) -> Any:
-            call = TimedCall(target, tuple(args), dict(kwargs or {}), setup, teardown)
-            setattr(self, CALL_ATTRIBUTE, call)
-            return super().pedantic(
-                target, args, kwargs, setup, teardown, rounds, warmup_rounds, iterations
+        def pedantic(self, *args: Any, **kwargs: Any) -> Any:
+            given = inspect.signature(super().pedantic).bind(*args, **kwargs)
+            given.apply_defaults()
+            a = given.arguments
+            teardown = a.get("teardown")  # pytest-benchmark 4 has none
+            call = TimedCall(
+                a["target"], tuple(a["args"]), dict(a["kwargs"] or {}), a["setup"], teardown, True
             )
+            setattr(self, CALL_ATTRIBUTE, call)
+            return super().pedantic(*args, **kwargs)
 
     return RecordingBenchmarkFixture
 
@@ -218,6 +247,14 @@ def _fixture_workload(fixture: Any) -> BenchmarkWorkload:
     )
 
 
+def _fixture_precision(fixture: Any) -> tuple[float | None, float | None]:
+    """The stopping rule that decided the fixture's rounds: none in pedantic mode."""
+    call = recorded_call(fixture)
+    if call is not None and call.pedantic:
+        return None, None
+    return stopping_rule(fixture.stats.options, "the benchmark fixture")
+
+
 def fixture_measurement(fixture: Any, nodeid: str, blocks: int) -> Measurement:
     """The measurement of a fixture that timed rounds (see ``has_rounds``)."""
     return _measurement(
@@ -227,15 +264,32 @@ def fixture_measurement(fixture: Any, nodeid: str, blocks: int) -> Measurement:
         fixture.stats.iterations,
         blocks,
         BACKEND,
+        _fixture_precision(fixture),
     )
 
 
-def retime(fixture: Any, call: TimedCall, nodeid: str, blocks: int) -> Measurement:
-    """Time ``call`` again as the fixture did (same rounds, iterations per round, timer and GC
-    setting; pedantic ``setup`` / ``teardown`` around every round): a fresh measurement to
-    confirm a regression with."""
+def confirmation_rounds(fixture: Any) -> int:
+    """How many rounds a confirmation times: as many as the fixture did, unless
+    ``--benchmark-precision`` stopped them early; then as many as ``--benchmark-max-time``
+    allows, counted as pytest-benchmark counts them (max time / round time, at least
+    ``--benchmark-min-rounds``). Rounds stopped early because they agreed were timed in a
+    moment, one state of a shared machine: here an unchanged 60 us function measured +83% in
+    the 5 rounds the rule stopped at, and a confirmation of 5 rounds confirmed it."""
     stats = fixture.stats
-    rounds, iterations = len(stats.stats.data), stats.iterations
+    rounds = len(stats.stats.data)
+    if _fixture_precision(fixture)[0] is None:
+        return rounds
+    round_time = statistics.median(stats.stats.data) * stats.iterations
+    budget = math.ceil(float(stats.options["max_time"]) / round_time) if round_time > 0 else 0
+    return max(rounds, int(stats.options.get("min_rounds") or 0), budget)
+
+
+def retime(fixture: Any, call: TimedCall, nodeid: str, blocks: int) -> Measurement:
+    """Time ``call`` again as the fixture did (iterations per round, timer and GC setting;
+    pedantic ``setup`` / ``teardown`` around every round; ``confirmation_rounds`` rounds): a
+    fresh measurement to confirm a regression with."""
+    stats = fixture.stats
+    rounds, iterations = confirmation_rounds(fixture), stats.iterations
     timer, disable_gc = stats.options["timer"], bool(stats.options.get("disable_gc"))
     per_call = []
     for _ in range(rounds):
@@ -244,9 +298,14 @@ def retime(fixture: Any, call: TimedCall, nodeid: str, blocks: int) -> Measureme
         per_call.append(seconds / iterations)
         if call.teardown is not None:
             call.teardown(*args, **kwargs)
-    workload = _fixture_workload(fixture)
     return _measurement(
-        measurement_name(nodeid), workload, per_call, iterations, blocks, "pytest-mlxperf"
+        measurement_name(nodeid),
+        _fixture_workload(fixture),
+        per_call,
+        iterations,
+        blocks,
+        "pytest-mlxperf",
+        (None, None),  # a fixed number of rounds
     )
 
 
@@ -271,10 +330,17 @@ def take_measurements(
 def timing_note(fixture: Any, blocks: int) -> str:
     """How the samples were made from the fixture's rounds, for the result's notes."""
     rounds = len(fixture.stats.stats.data)
+    precision, confidence = _fixture_precision(fixture)
+    until = (
+        ""
+        if precision is None or confidence is None
+        else f" (--benchmark-precision: until the mean's margin of error was within "
+        f"±{precision * 100:g}% at {confidence * 100:g}% confidence, or --benchmark-max-time)"
+    )
     return (
         f"timed by pytest-benchmark: {rounds} rounds x {fixture.stats.iterations} "
-        f"iteration(s), judged by pytest-mlxperf on {min(rounds, blocks)} samples (median "
-        "per-call time of consecutive blocks of rounds)"
+        f"iteration(s){until}, judged by pytest-mlxperf on {min(rounds, blocks)} samples "
+        "(median per-call time of consecutive blocks of rounds)"
     )
 
 
@@ -370,6 +436,7 @@ def _record(index: int, bench: Any, provenance: dict[str, Any], blocks: int) -> 
         iterations if isinstance(iterations, int) and iterations > 0 else 1,
         blocks,
         BACKEND,
+        stopping_rule(options, f"benchmark {fullname}"),
     )
     extra = bench.get("extra_info") if isinstance(bench.get("extra_info"), dict) else {}
     packages = extra.get("packages") if isinstance(extra.get("packages"), dict) else {}

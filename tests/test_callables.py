@@ -4,10 +4,9 @@ microsecond callable's figure measured side by side with pytest-benchmark's."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
@@ -20,42 +19,6 @@ from pytest_mlxperf.callables import (
     time_callable,
     timer_precision,
 )
-
-
-class QuietLogger:
-    """What pytest-benchmark's fixture logs to, silenced."""
-
-    def debug(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    info = warning = debug
-
-
-def make_benchmark_fixture(**options: Any) -> Any:
-    """pytest-benchmark's ``benchmark`` fixture outside a pytest run, with its default options
-    (``max_time`` shortened) unless given."""
-    fixture_module = pytest.importorskip("pytest_benchmark.fixture")
-    from pytest_benchmark.utils import NameWrapper
-
-    settings: dict[str, Any] = {
-        "disable_gc": False,
-        "timer": NameWrapper(time.perf_counter),
-        "min_rounds": 5,
-        "min_time": 0.000005,
-        "max_time": 0.1,
-        "warmup": False,
-        "warmup_iterations": 100000,
-        "calibration_precision": 10,
-        "cprofile": False,
-        "cprofile_loops": None,
-        "cprofile_dump": False,
-        **options,
-    }
-    node = SimpleNamespace(name="test_x", _nodeid="test_file.py::test_x")
-    return fixture_module.BenchmarkFixture(
-        node, add_stats=lambda stats: None, logger=QuietLogger(), warner=None, disabled=False,
-        **settings,
-    )  # fmt: skip
 
 
 def cv(values: list[float]) -> float:
@@ -120,21 +83,39 @@ def test_a_fast_callable_is_timed_per_call_in_rounds_above_the_timer_resolution(
     assert all(1e-8 < s < 1e-4 for s in m.samples["duration"])  # seconds per call, not per round
 
 
+SIDE_BY_SIDE = """
+import pytest
+
+from pytest_mlxperf.callables import time_callable
+
+
+def callable_of_a_few_microseconds():
+    return sum(i * i for i in range(60))
+
+
+@pytest.mark.parametrize("measurement", range(5))
+def test_side_by_side(benchmark, measurement):
+    ours = time_callable(callable_of_a_few_microseconds, (), {}, "f").samples["duration"]
+    benchmark.extra_info["pytest_mlxperf"] = ours
+    benchmark(callable_of_a_few_microseconds)
+"""
+
+
 def test_a_microsecond_callable_gets_a_figure_as_stable_as_pytest_benchmarks(
-    capsys: pytest.CaptureFixture[str],
+    pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Side by side in this process, alternating: the CV of each tool's samples (what its
-    statistics see), and the CV of its figure (the median) over five measurements."""
-
-    def callable_of_a_few_microseconds() -> int:
-        return sum(i * i for i in range(60))
-
-    ours, theirs = [], []
-    for _ in range(5):
-        ours.append(time_callable(callable_of_a_few_microseconds, (), {}, "f").samples["duration"])
-        fixture = make_benchmark_fixture()
-        fixture(callable_of_a_few_microseconds)
-        theirs.append(list(fixture.stats.stats.data))
+    """Side by side in one process, alternating (pytest-mlxperf, then pytest-benchmark's own
+    ``benchmark`` fixture, five times): the CV of each tool's samples (what its statistics
+    see), and the CV of its figure (the median) over the five measurements."""
+    pytest.importorskip("pytest_benchmark")
+    pytester.makepyfile(test_side_by_side=SIDE_BY_SIDE)
+    run = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--benchmark-max-time=0.1", "--benchmark-json=side.json"
+    )
+    run.assert_outcomes(passed=5)
+    benchmarks = json.loads((pytester.path / "side.json").read_text())["benchmarks"]
+    ours = [b["extra_info"]["pytest_mlxperf"] for b in benchmarks]
+    theirs = [b["stats"]["data"] for b in benchmarks]  # per-call seconds of every round
     sample_cv = statistics.median(map(cv, ours)), statistics.median(map(cv, theirs))
     figure_cv = cv([statistics.median(s) for s in ours]), cv([statistics.median(s) for s in theirs])
     with capsys.disabled():
