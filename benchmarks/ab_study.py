@@ -32,12 +32,12 @@ import statistics
 import sys
 from pathlib import Path
 
-from pytest_mlxperf.ab import ABRun, Environment
-from pytest_mlxperf.metrics import METRICS
-from pytest_mlxperf.options import parse_tolerance
-from pytest_mlxperf.process_stats import compare_processes
-from pytest_mlxperf.results import load_results
-from pytest_mlxperf.verdicts import Verdict, compare_metric
+from pytest_mlxperf.gates.ab import ABRun, Environment
+from pytest_mlxperf.settings.options import parse_tolerance
+from pytest_mlxperf.stats.metrics import METRICS
+from pytest_mlxperf.stats.process_stats import compare_processes
+from pytest_mlxperf.stats.verdicts import Verdict, compare_metric
+from pytest_mlxperf.store.results import load_results
 
 SUITE = str(Path(__file__).with_name("ab_study_suite.py"))
 ENVIRONMENTS = {"A": "10", "A2": "10", "B": "11"}

@@ -18,8 +18,8 @@ import statistics
 import time
 
 from pytest_mlxperf.backends import load
-from pytest_mlxperf.measure import derive_metrics, make_prompt
-from pytest_mlxperf.workload import Workload
+from pytest_mlxperf.measuring.measure import derive_metrics, make_prompt
+from pytest_mlxperf.measuring.workload import Workload
 
 
 def mlx_reference(model, prompt: list[int], workload: Workload) -> dict[str, float]:

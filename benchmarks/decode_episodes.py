@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pytest_mlxperf import backends
-from pytest_mlxperf.measure import measure
-from pytest_mlxperf.workload import Workload
+from pytest_mlxperf.measuring.measure import measure
+from pytest_mlxperf.measuring.workload import Workload
 
 SLOW = 0.9  # a repetition below 90% of its mode's median is "slow"
 

@@ -1,7 +1,7 @@
 """The memory levers of LoRA fine-tuning (mlx-lm's LORA.md, "Memory Issues"), measured.
 
 For one synthetic model shape and sequence length, runs mlx-lm's trainer (through
-``pytest_mlxperf.finetune``) for: a baseline LoRA; the same with gradient checkpointing; a
+``pytest_mlxperf.backends.finetune``) for: a baseline LoRA; the same with gradient checkpointing; a
 smaller batch; fewer LoRA layers; a 4-bit quantized base (QLoRA). Prints the MLX allocator peak
 and the speed of each, with ratios to the baseline. Every example of the generated dataset is
 longer than the sequence length, so every batch is full and the work per iteration is fixed.
@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pytest_mlxperf import finetune, synth
+from pytest_mlxperf import synth
+from pytest_mlxperf.backends import finetune
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -39,9 +39,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pytest_mlxperf.callables import block_medians
-from pytest_mlxperf.metrics import METRICS
-from pytest_mlxperf.verdicts import Verdict, compare_metric
+from pytest_mlxperf.measuring.callables import block_medians
+from pytest_mlxperf.stats.metrics import METRICS
+from pytest_mlxperf.stats.verdicts import Verdict, compare_metric
 
 BLOCKS = 5  # --mlxperf-repetitions' default: samples per measurement
 BASELINE_RUNS = 3  # processes pooled into the baseline (--baseline-runs)

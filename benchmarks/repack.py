@@ -20,17 +20,18 @@ import statistics
 import time
 
 from pytest_mlxperf.backends.llamacpp_build import PACKAGE
-from pytest_mlxperf.measure import measure
-from pytest_mlxperf.worker import WorkerModel
-from pytest_mlxperf.workload import Workload
+from pytest_mlxperf.backends.worker import WorkerModel
+from pytest_mlxperf.measuring.measure import measure
+from pytest_mlxperf.measuring.workload import Workload
 
 METRICS = ("prompt_tps", "generation_tps")
 MODELS = (
     "synth:tiny@Q4_0",
     "synth:tiny@Q4_K_M",
     "synth:qwen2.5-0.5b@Q4_0",
-    "synth:qwen2.5-0.5b@Q4_K_M",
-    "synth:qwen2.5-0.5b@Q8_0",
+    "synth:qwen2.5-0.5b@Q8_0",  # Q4_K needs rows of 256: Qwen's 896 are not
+    "synth:llama-3.2-1b@Q4_0",
+    "synth:llama-3.2-1b@Q4_K_M",
 )
 
 

@@ -25,12 +25,12 @@ from pathlib import Path
 import httpx
 
 from pytest_mlxperf import backends
-from pytest_mlxperf.measure import measure
+from pytest_mlxperf.backends.sources import resolve
+from pytest_mlxperf.measuring.measure import measure
+from pytest_mlxperf.measuring.workload import Workload
 from pytest_mlxperf.serving.bench import ServeWorkload, measure_server
 from pytest_mlxperf.serving.launch import free_port
 from pytest_mlxperf.serving.server import connect, serve
-from pytest_mlxperf.sources import resolve
-from pytest_mlxperf.workload import Workload
 
 METRICS = ("ttft", "prompt_tps", "generation_tps")
 MODELS = {"mlx": "synth:tiny@4bit", "llamacpp": "synth:tiny@Q4_K_M"}

@@ -31,8 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-from pytest_mlxperf.metrics import METRICS
-from pytest_mlxperf.verdicts import Verdict, compare_metric
+from pytest_mlxperf.stats.metrics import METRICS
+from pytest_mlxperf.stats.verdicts import Verdict, compare_metric
 
 REPS = 5
 SLOWDOWNS = (0.05, 0.10, 0.20, 0.30, 0.50)
@@ -59,8 +59,8 @@ def _one_process(config: str) -> dict[str, list[float]]:
     code = (
         "import json, sys\n"
         "from pytest_mlxperf.backends import load\n"
-        "from pytest_mlxperf.measure import measure\n"
-        "from pytest_mlxperf.workload import Workload\n"
+        "from pytest_mlxperf.measuring.measure import measure\n"
+        "from pytest_mlxperf.measuring.workload import Workload\n"
         f"backend, source, extra = {CONFIGS[config][0]!r}, {CONFIGS[config][1]!r}, "
         f"{CONFIGS[config][2]!r}\n"
         "m = load(backend, source)\n"

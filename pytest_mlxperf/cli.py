@@ -16,19 +16,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_mlxperf import __version__, machine
-from pytest_mlxperf.options import OPTIONS_BY_NAME, argparse_type
+from pytest_mlxperf import __version__
+from pytest_mlxperf.host import machine
+from pytest_mlxperf.settings.options import OPTIONS_BY_NAME, argparse_type
 
 if TYPE_CHECKING:
-    from pytest_mlxperf.comparison import Comparison
+    from pytest_mlxperf.gates.comparison import Comparison
 
 
 def _machine(args: argparse.Namespace) -> int:
     """The fingerprint, then each backend's versions, build and smoke test (``smoke``); exit 1
     when an installed backend fails its smoke test."""
     from pytest_mlxperf.backends import BACKENDS
-    from pytest_mlxperf.packages import BACKEND_PACKAGES, versions, versions_label
-    from pytest_mlxperf.smoke import smoke
+    from pytest_mlxperf.backends.smoke import smoke
+    from pytest_mlxperf.host.packages import BACKEND_PACKAGES, versions, versions_label
 
     fp = machine.fingerprint(args.name)
     installed = machine.package_versions()
@@ -62,8 +63,8 @@ def _machine(args: argparse.Namespace) -> int:
 
 
 def _comparison(args: argparse.Namespace) -> Comparison:
-    from pytest_mlxperf.comparison import compare_files, resolve_reference
-    from pytest_mlxperf.results import load_results
+    from pytest_mlxperf.gates.comparison import compare_files, resolve_reference
+    from pytest_mlxperf.store.results import load_results
 
     files = [load_results(path) for path in args.results]
     reference = resolve_reference(args.results, args.reference)
@@ -79,12 +80,12 @@ def _name_value(spec: str) -> tuple[str, str]:
 
 
 def _ab(args: argparse.Namespace) -> int:
-    from pytest_mlxperf.ab import ABError, ABRun, Environment, tox_environment
-    from pytest_mlxperf.files import atomic_write
+    from pytest_mlxperf.gates.ab import ABError, ABRun, Environment, tox_environment
     from pytest_mlxperf.render.html import html_report
     from pytest_mlxperf.render.markdown import markdown
     from pytest_mlxperf.render.text import text_table
-    from pytest_mlxperf.verdicts import Verdict
+    from pytest_mlxperf.stats.verdicts import Verdict
+    from pytest_mlxperf.store.files import atomic_write
 
     environments = [Environment(name, Path(python)) for name, python in args.env]
     environments += [tox_environment(name, args.tox_dir) for name in args.tox]
@@ -134,7 +135,7 @@ def _ab(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from pytest_mlxperf.render.markdown import markdown
     from pytest_mlxperf.render.text import text_table
-    from pytest_mlxperf.results import InputError
+    from pytest_mlxperf.store.results import InputError
 
     if len(args.results) < 2:
         raise InputError("compare needs at least two results files")
@@ -144,9 +145,9 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from pytest_mlxperf.files import atomic_write
     from pytest_mlxperf.render.html import html_report
     from pytest_mlxperf.render.markdown import markdown
+    from pytest_mlxperf.store.files import atomic_write
 
     comparison = _comparison(args)
     atomic_write(args.output, html_report(comparison))
@@ -159,7 +160,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from pytest_mlxperf.render.exports import export
-    from pytest_mlxperf.results import load_results, write_json
+    from pytest_mlxperf.store.results import load_results, write_json
 
     document = export(load_results(args.results), args.format)
     write_json(args.output, document)
@@ -168,15 +169,16 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _bisect(args: argparse.Namespace) -> int:
-    from pytest_mlxperf.bisect import (
+    from pytest_mlxperf.gates.bisect import (
         BisectError,
         BisectRun,
         EnvironmentCache,
         all_groups_comparison,
         default_env_root,
     )
-    from pytest_mlxperf.files import atomic_write
+    from pytest_mlxperf.render.bisect import bisect_markdown, bisect_table
     from pytest_mlxperf.render.html import html_report
+    from pytest_mlxperf.store.files import atomic_write
 
     cache = EnvironmentCache(args.env_dir or default_env_root(), args.project, args.extras)
     if args.clean:
@@ -202,7 +204,7 @@ def _bisect(args: argparse.Namespace) -> int:
         say=lambda line: print(line, flush=True),
     )
     result = run.run()
-    print(result.table())
+    print(bisect_table(result))
     print(result.summary())
     print(
         f"{result.environments_built} gate(s) run in {result.seconds / 60:.1f} min; "
@@ -212,7 +214,9 @@ def _bisect(args: argparse.Namespace) -> int:
     held = ", ".join([*args.pin, *(f"{req} (for {spec})" for spec, req in args.pin_if)])
     atomic_write(
         args.out / "issue.md",
-        result.markdown(machine.machine_id(machine.fingerprint()), command, held or "nothing"),
+        bisect_markdown(
+            result, machine.machine_id(machine.fingerprint()), command, held or "nothing"
+        ),
     )
     comparison = all_groups_comparison(run)
     if comparison is not None:
@@ -446,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pytest_mlxperf.results import InputError
+    from pytest_mlxperf.store.results import InputError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     # everything after "--" goes to pytest (ab, bisect), whatever argparse would make of it

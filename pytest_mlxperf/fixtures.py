@@ -9,15 +9,15 @@ from typing import Any, NoReturn, TypeVar
 
 import pytest
 
-from pytest_mlxperf import pytest_benchmark_bridge as bridge
 from pytest_mlxperf.backends import BackendUnavailable, LoadedModel
-from pytest_mlxperf.baseline import BaselineError
-from pytest_mlxperf.config import Settings, SettingsError, with_marker
+from pytest_mlxperf.backends.worker import USER_ERRORS
+from pytest_mlxperf.interop import pytest_benchmark as bridge
+from pytest_mlxperf.measuring.workload import Workload
 from pytest_mlxperf.serving.bench import ServeWorkload
 from pytest_mlxperf.serving.server import Server
 from pytest_mlxperf.session import PerfResult, PerfSession
-from pytest_mlxperf.worker import USER_ERRORS
-from pytest_mlxperf.workload import Workload
+from pytest_mlxperf.settings.config import Settings, SettingsError, with_marker
+from pytest_mlxperf.store.baseline import BaselineError
 
 T = TypeVar("T")
 DEFAULT_MODEL = "synth:tiny"
@@ -145,9 +145,9 @@ class MlxPerf:
         """Measure a short LoRA fine-tuning run (QLoRA when the model is quantized) of an MLX
         model with mlx-lm's own trainer on ``dataset`` (a jsonl file or a folder with
         ``train.jsonl``): ``iterations_per_s``, ``trained_tps`` and ``peak_memory``. Fields of
-        ``pytest_mlxperf.finetune.FinetuneWorkload`` (``batch_size``, ``num_layers``,
+        ``pytest_mlxperf.backends.finetune.FinetuneWorkload`` (``batch_size``, ``num_layers``,
         ``grad_checkpoint``, ``max_seq_length``, ``iterations``, ...) are keyword arguments."""
-        from pytest_mlxperf.finetune import FinetuneWorkload
+        from pytest_mlxperf.backends.finetune import FinetuneWorkload
 
         return self._record(
             lambda: self._session.finetune(
@@ -165,7 +165,7 @@ class MlxPerf:
         """Time ``fn(*args, **kwargs)`` (warm-up, then the repetitions) and gate its
         ``duration`` per call like any other metric: your own pipeline around a model, or a
         function of microseconds, calibrated into rounds of many calls as pytest-benchmark
-        does (``pytest_mlxperf.callables``)."""
+        does (``pytest_mlxperf.measuring.callables``)."""
         return self._record(
             lambda: self._session.time(self._item.nodeid, fn, args, kwargs, self.settings, name)
         )

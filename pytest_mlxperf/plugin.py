@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from pytest_mlxperf.config import MARKER_HELP, resolve
 from pytest_mlxperf.fixtures import (
     NOT_GATED_KEY,
     RESULTS_KEY,
@@ -21,13 +20,14 @@ from pytest_mlxperf.fixtures import (
     item_settings,
     mlxperf,
 )
-from pytest_mlxperf.options import OPTIONS, argparse_type
-from pytest_mlxperf.progress import TerminalProgress
-from pytest_mlxperf.pytest_benchmark_bridge import benchmark_fixture, gate_summary, record_calls
+from pytest_mlxperf.interop.pytest_benchmark import benchmark_fixture, gate_summary, record_calls
+from pytest_mlxperf.measuring.progress import TerminalProgress
 from pytest_mlxperf.render.text import backend_table, table
-from pytest_mlxperf.results import results_document, write_json
 from pytest_mlxperf.session import PerfSession
-from pytest_mlxperf.verdicts import Verdict
+from pytest_mlxperf.settings.config import MARKER_HELP, resolve
+from pytest_mlxperf.settings.options import OPTIONS, argparse_type
+from pytest_mlxperf.stats.verdicts import Verdict
+from pytest_mlxperf.store.results import results_document, write_json
 
 __all__ = ["mlxperf"]
 

@@ -10,20 +10,21 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pytest_mlxperf import backends, cpus, machine, memory
-from pytest_mlxperf.baseline import BaselineStore, new_entry
-from pytest_mlxperf.callables import time_callable
-from pytest_mlxperf.canary import run_canary
-from pytest_mlxperf.config import Settings
-from pytest_mlxperf.judge import judge
-from pytest_mlxperf.measure import Measurement, measure
-from pytest_mlxperf.progress import MeasurementProgress, ProgressFn, ProgressSink
-from pytest_mlxperf.results import PerfResult
+from pytest_mlxperf import backends
+from pytest_mlxperf.backends.worker import WorkerModel
+from pytest_mlxperf.gates.judge import judge
+from pytest_mlxperf.host import cpus, machine, memory
+from pytest_mlxperf.measuring.callables import time_callable
+from pytest_mlxperf.measuring.measure import Measurement, measure
+from pytest_mlxperf.measuring.progress import MeasurementProgress, ProgressFn, ProgressSink
+from pytest_mlxperf.measuring.workload import Workload
 from pytest_mlxperf.serving import server as serving
 from pytest_mlxperf.serving.bench import ServeWorkload, measure_server
-from pytest_mlxperf.verdicts import Verdict
-from pytest_mlxperf.worker import WorkerModel
-from pytest_mlxperf.workload import Workload
+from pytest_mlxperf.settings.config import Settings
+from pytest_mlxperf.stats.canary import run_canary
+from pytest_mlxperf.stats.verdicts import Verdict
+from pytest_mlxperf.store.baseline import BaselineStore, new_entry
+from pytest_mlxperf.store.results import PerfResult
 
 
 def _model_key(

@@ -30,7 +30,7 @@ _PROBE: dict[str, Any] = {}
 def pytest_configure(config: pytest.Config) -> None:
     if importlib.util.find_spec("llama_cpp") is None or "MLXPERF_REPACK" in os.environ:
         return
-    from pytest_mlxperf.smoke import smoke
+    from pytest_mlxperf.backends.smoke import smoke
 
     # the probe builds synth:tiny; the session's model cache starts from it (synth_cache)
     _PROBE["cache"] = tempfile.TemporaryDirectory(prefix="mlxperf-test-synth-")

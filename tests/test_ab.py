@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_mlxperf.ab import ABError, ABRun, Environment, round_order, tox_environment
+from pytest_mlxperf.gates.ab import ABError, ABRun, Environment, round_order, tox_environment
 from tests.test_comparison import MLX, make_document, make_record, write
 
 # A perf suite whose work doubles when SLOW is set: a real slowdown, not edited numbers.

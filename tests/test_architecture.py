@@ -1,5 +1,6 @@
-"""The package's shape: no import cycles between its modules, no module importing another's
-private names, and a core that imports neither pytest nor a backend at module level.
+"""The package's shape: its folders are layers and every import points down (or stays in its
+layer), no import cycles between its modules, no module importing another's private names, and
+a core that imports neither pytest nor a backend at module level.
 
 Imports are read from the source (``ast``), function-level ones included: a lazy import that
 closes a cycle is still a cycle in the design.
@@ -90,10 +91,57 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_walk_finds_the_package_and_its_imports() -> None:
     # guards the checks below against passing because they saw nothing
-    assert {"pytest_mlxperf.plugin", "pytest_mlxperf.session", "pytest_mlxperf.verdicts"} <= set(
-        MODULES
+    assert {
+        "pytest_mlxperf.plugin",
+        "pytest_mlxperf.session",
+        "pytest_mlxperf.stats.verdicts",
+    } <= set(MODULES)
+    assert "pytest_mlxperf.gates.judge" in _graph()["pytest_mlxperf.session"]
+
+
+# The layers, bottom first: a module imports only from its own layer or one below. A module's
+# layer is its folder (``pytest_mlxperf.gates.ab``: gates); the top-level modules (the pytest
+# plugin and fixture, the session that orchestrates, the CLI, public re-exports) are "top".
+LAYERS = (
+    "host",  # the machine: fingerprint, package versions, cores, process memory
+    "stats",  # metrics, verdicts on repetitions and processes, identity, canary
+    "settings",  # the option table and Settings
+    "measuring",  # the LoadedModel interface and records, workloads, protocol, progress
+    "synth",  # synthetic models
+    "backends",  # one module per backend, its worker, its model sources, smoke test
+    "serving",  # servers: start, connect, measure
+    "interop",  # pytest-benchmark
+    "store",  # baselines, results documents, atomic files
+    "gates",  # judge, cross-file comparison, A/B, bisect
+    "render",  # text, Markdown, HTML, exports
+    "top",
+)
+
+
+def layer(module: str) -> int:
+    """The layer of a module (-1: the package root, which holds the version alone)."""
+    if module == "pytest_mlxperf":
+        return -1
+    parts = module.split(".")
+    folder = parts[1] if len(parts) > 2 or parts[1] in LAYERS else "top"
+    return LAYERS.index(folder)
+
+
+def test_every_module_has_a_layer() -> None:
+    for name in MODULES:
+        assert layer(name) < len(LAYERS)
+    assert layer("pytest_mlxperf.session") == LAYERS.index("top")
+    assert layer("pytest_mlxperf.host.machine") < layer("pytest_mlxperf.gates.ab")
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_imports_point_down_the_layers(name: str) -> None:
+    upward = sorted(
+        f"{mod} ({LAYERS[layer(mod)]})"
+        for mod in _graph()[name]
+        if mod.startswith("pytest_mlxperf") and layer(mod) > layer(name)
     )
-    assert "pytest_mlxperf.judge" in _graph()["pytest_mlxperf.session"]
+    assert not upward, f"{name} ({LAYERS[layer(name)]}) imports up: {', '.join(upward)}"
 
 
 def test_the_cycle_finder_finds_a_cycle() -> None:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_mlxperf.baseline import (
+from pytest_mlxperf.store.baseline import (
     SCHEMA_VERSION,
     BaselineError,
     BaselineStore,

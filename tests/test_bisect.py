@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
-from pytest_mlxperf.bisect import (
+from pytest_mlxperf.gates.bisect import (
     DIFFERS,
     SAME,
     SKIPPED,
@@ -26,6 +26,7 @@ from pytest_mlxperf.bisect import (
     parse_index_versions,
     releases_between,
 )
+from pytest_mlxperf.render.bisect import bisect_markdown, bisect_table
 
 PIP_OUTPUT = """mlx-lm (0.32.2)
 Available versions: 0.32.2, 0.32.1, 0.32.0, 0.31.3, 0.30.0, 0.29.1, 0.28.4, 0.28.0, 0.27.1, \
@@ -165,9 +166,11 @@ def test_the_result_reads_as_a_table_and_an_upstream_snippet() -> None:
         474.0,
     )
     assert result.summary().startswith("mlx-lm 0.27.0 is the first release that differs")
-    table = result.table().splitlines()
+    table = bisect_table(result).splitlines()
     assert [line.split()[0] for line in table[2:]] == ["0.27.0", "0.28.2", "0.32.2"]
-    snippet = result.markdown("linux-x86_64-abc", "mlxperf bisect mlx-lm 0.26.4 0.32.2", "mlx 1")
+    snippet = bisect_markdown(
+        result, "linux-x86_64-abc", "mlxperf bisect mlx-lm 0.26.4 0.32.2", "mlx 1"
+    )
     assert "| 0.27.0 | differs | +39.1% |" in snippet
     assert "`linux-x86_64-abc`" in snippet and "Held fixed in every environment: mlx 1" in snippet
     assert snippet.rstrip().endswith("`mlxperf bisect mlx-lm 0.26.4 0.32.2`")
@@ -178,7 +181,7 @@ def test_a_gate_that_cannot_run_at_the_bad_end_is_an_error_with_its_output(
 ) -> None:
     """Not "does not differ: nothing to bisect": the suite failing in an environment (here an
     mlx-lm whose server dies under the pinned mlx) says so, with the process's own output."""
-    from pytest_mlxperf.ab import ABError
+    from pytest_mlxperf.gates.ab import ABError
 
     run = run_for(tmp_path, versions=["0.26.4", "0.30.7", "0.32.2"])
     monkeypatch.setattr(run, "environment", lambda version: version)

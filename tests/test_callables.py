@@ -1,6 +1,6 @@
-"""``mlxperf.time``'s timing of a callable (``pytest_mlxperf.callables``): calibration of calls
-per round, one median per block of rounds, slow callables timed once per repetition, and a
-microsecond callable's figure measured side by side with pytest-benchmark's."""
+"""``mlxperf.time``'s timing of a callable (``pytest_mlxperf.measuring.callables``):
+calibration of calls per round, one median per block of rounds, slow callables timed once per
+repetition, and a microsecond callable's figure measured side by side with pytest-benchmark's."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from pytest_mlxperf.callables import (
+from pytest_mlxperf.measuring.callables import (
     BLOCK_TIME,
     RESOLUTION_ROUNDS,
     Block,
@@ -86,7 +86,7 @@ def test_a_fast_callable_is_timed_per_call_in_rounds_above_the_timer_resolution(
 SIDE_BY_SIDE = """
 import pytest
 
-from pytest_mlxperf.callables import time_callable
+from pytest_mlxperf.measuring.callables import time_callable
 
 
 def callable_of_a_few_microseconds():

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from pytest_mlxperf.options import OPTIONS_BY_NAME
+from pytest_mlxperf.settings.options import OPTIONS_BY_NAME
 
 
 def alpha_help(command: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pytest_mlxperf.results import metric_names
+from pytest_mlxperf.store.results import metric_names
 from tests.test_comparison import (
     MACHINE,
     TEST_LLAMA,

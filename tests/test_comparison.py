@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from pytest_mlxperf.comparison import compare_files, resolve_reference
-from pytest_mlxperf.packages import versions_label
+from pytest_mlxperf.gates.comparison import compare_files, resolve_reference
+from pytest_mlxperf.host.packages import versions_label
 from pytest_mlxperf.render.text import text_table
-from pytest_mlxperf.results import InputError, ResultsError, load_results
-from pytest_mlxperf.verdicts import Verdict
+from pytest_mlxperf.stats.verdicts import Verdict
+from pytest_mlxperf.store.results import InputError, ResultsError, load_results
 
 MACHINE = {
     "arch": "x86_64",

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_mlxperf import cpus
-from pytest_mlxperf.config import Settings
-from pytest_mlxperf.measure import measure
-from pytest_mlxperf.options import parse_cpus
+from pytest_mlxperf.host import cpus
+from pytest_mlxperf.measuring.measure import measure
+from pytest_mlxperf.measuring.workload import Workload
 from pytest_mlxperf.session import PerfSession
-from pytest_mlxperf.workload import Workload
+from pytest_mlxperf.settings.config import Settings
+from pytest_mlxperf.settings.options import parse_cpus
 
 LINUX = sys.platform.startswith("linux")
 

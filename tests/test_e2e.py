@@ -108,8 +108,8 @@ def test_changed_identity_is_not_compared(pytester: pytest.Pytester) -> None:
 @pytest.mark.usefixtures("synth_cache")
 def test_generated_count_and_llama_counters_agree_with_timestamps() -> None:
     from pytest_mlxperf.backends import load
-    from pytest_mlxperf.measure import measure
-    from pytest_mlxperf.workload import Workload
+    from pytest_mlxperf.measuring.measure import measure
+    from pytest_mlxperf.measuring.workload import Workload
 
     model = load("llamacpp", "synth:tiny")
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_mlxperf.baseline import BaselineStore, read_file
+from pytest_mlxperf.store.baseline import BaselineStore, read_file
 from tests.conftest import TINY_PERF_TEST
 
 pytestmark = pytest.mark.usefixtures("synth_cache")
@@ -244,8 +244,8 @@ def test_user_error_in_the_worker_shows_its_message_alone(
 def test_a_crash_in_the_worker_keeps_its_traceback() -> None:
     """Anything that is not a user error is a bug or a backend crash: the worker's traceback
     is what tells where."""
-    from pytest_mlxperf.worker import WorkerError, WorkerModel
-    from pytest_mlxperf.workload import Workload
+    from pytest_mlxperf.backends.worker import WorkerError, WorkerModel
+    from pytest_mlxperf.measuring.workload import Workload
 
     with pytest.raises(WorkerError) as user:
         WorkerModel("mlx", "synth:nope", None, timeout=60)

@@ -20,10 +20,11 @@ from typing import Any
 
 import pytest
 
-from pytest_mlxperf import finetune, sources, synth
-from pytest_mlxperf.finetune import FinetuneSample, FinetuneWorkload
-from pytest_mlxperf.measure import Measurement
-from pytest_mlxperf.metrics import METRICS
+from pytest_mlxperf import synth
+from pytest_mlxperf.backends import finetune, sources
+from pytest_mlxperf.backends.finetune import FinetuneSample, FinetuneWorkload
+from pytest_mlxperf.measuring.measure import Measurement
+from pytest_mlxperf.stats.metrics import METRICS
 
 SEQ = 64
 BASE = dict(iterations=2, warmup_iterations=1, batch_size=2, num_layers=-1, max_seq_length=SEQ)
@@ -364,7 +365,7 @@ def test_memory_kept_across_iterations_is_flagged_and_the_same_run_without_it_is
     import mlx.core as mx
     from mlx_lm.tuner import trainer
 
-    from pytest_mlxperf.verdicts import Verdict, compare_metric
+    from pytest_mlxperf.stats.verdicts import Verdict, compare_metric
 
     loaded = tiny["loaded"]
     workload = FinetuneWorkload(dataset=str(dataset), **{**BASE, "iterations": 4})
@@ -409,8 +410,8 @@ def _llamacpp_model() -> Any:
 
 
 def test_backend_without_the_capability_refuses_through_the_interface(dataset: Path) -> None:
-    from pytest_mlxperf.backends.base import BackendError, LoadedModel
     from pytest_mlxperf.backends.mlx import MLXModel
+    from pytest_mlxperf.measuring.base import BackendError, LoadedModel
 
     assert type(_llamacpp_model()).finetune is LoadedModel.finetune
     assert MLXModel.finetune is not LoadedModel.finetune
@@ -419,9 +420,9 @@ def test_backend_without_the_capability_refuses_through_the_interface(dataset: P
 
 
 def test_session_passes_the_refusal_on_and_records_nothing(dataset: Path, tmp_path: Path) -> None:
-    from pytest_mlxperf.backends.base import BackendError
-    from pytest_mlxperf.config import Settings
+    from pytest_mlxperf.measuring.base import BackendError
     from pytest_mlxperf.session import PerfSession
+    from pytest_mlxperf.settings.config import Settings
 
     session = PerfSession(Settings(machine="box"), tmp_path)
     workload = FinetuneWorkload(dataset=str(dataset))

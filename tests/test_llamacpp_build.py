@@ -18,8 +18,8 @@ import pytest
 
 from pytest_mlxperf import backends
 from pytest_mlxperf.backends import llamacpp_build as build
-from pytest_mlxperf.packages import versions, versions_line
-from pytest_mlxperf.workload import Workload
+from pytest_mlxperf.host.packages import versions, versions_line
+from pytest_mlxperf.measuring.workload import Workload
 
 pytest.importorskip("llama_cpp")
 pytestmark = pytest.mark.usefixtures("synth_cache")
@@ -119,7 +119,7 @@ def test_the_environment_sets_repacking_for_every_load(monkeypatch: pytest.Monke
 
 
 def _flags() -> frozenset[str]:
-    from pytest_mlxperf.machine import cpu_flags
+    from pytest_mlxperf.host.machine import cpu_flags
 
     return cpu_flags()
 
@@ -127,7 +127,7 @@ def _flags() -> frozenset[str]:
 def _killed_worker(repack: bool | None, facts: dict[str, Any], sig: int) -> str:
     """The error of a llama.cpp worker that reported ``facts`` as its build and then died by
     ``sig``: the real crash path, with the platform's facts injected."""
-    from pytest_mlxperf.worker import WorkerError, WorkerModel
+    from pytest_mlxperf.backends.worker import WorkerError, WorkerModel
 
     model = WorkerModel("llamacpp", "synth:tiny", None, 120, repack=repack, cpu_flags=frozenset())
     model.build = {build.PACKAGE: facts}
@@ -194,8 +194,8 @@ def test_the_real_crash_is_diagnosed_where_it_happens(llamacpp_probe: Any) -> No
             "llama.cpp's defaults do not crash on this machine "
             f"(AMX flags: {sorted(f for f in _flags() if f.startswith('amx')) or 'none'})"
         )
-    from pytest_mlxperf.measure import measure
-    from pytest_mlxperf.worker import WorkerError, WorkerModel
+    from pytest_mlxperf.backends.worker import WorkerError, WorkerModel
+    from pytest_mlxperf.measuring.measure import measure
 
     model = WorkerModel("llamacpp", "synth:tiny", None, 120, repack=True)
     try:
@@ -224,8 +224,8 @@ def test_mlxperf_machine_shows_each_backends_build_and_smoke_test() -> None:
 
 
 def test_a_change_of_build_is_named_in_the_verdict(tmp_path: Path) -> None:
-    from pytest_mlxperf.config import Settings
     from pytest_mlxperf.session import PerfSession
+    from pytest_mlxperf.settings.config import Settings
 
     quick = {"machine": "box", "repetitions": 2, "warmup": 0}
     workload = Workload(prompt_tokens=16, generation_tokens=4)

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from pytest_mlxperf import machine
-from pytest_mlxperf.canary import (
+from pytest_mlxperf.host import machine
+from pytest_mlxperf.stats.canary import (
     CANARY_METRICS,
     canary_shifts,
     describe_shift,

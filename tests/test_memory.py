@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_mlxperf import memory
-from pytest_mlxperf.config import Settings
+from pytest_mlxperf.host import memory
+from pytest_mlxperf.measuring.workload import Workload
 from pytest_mlxperf.session import PerfSession
-from pytest_mlxperf.workload import Workload
+from pytest_mlxperf.settings.config import Settings
 
 
 def test_parse_vmhwm() -> None:
@@ -133,7 +133,7 @@ def test_mlx_memory_uses_mx_metal_on_old_mlx() -> None:
     """Old mlx has the memory functions only under ``mx.metal``."""
     import types
 
-    from pytest_mlxperf import mlx_memory
+    from pytest_mlxperf.backends import mlx_memory
 
     allocator = _Allocator()
     old_mx = types.SimpleNamespace(metal=allocator)
@@ -145,7 +145,7 @@ def test_mlx_memory_uses_mx_metal_on_old_mlx() -> None:
 
 def test_mlx_memory_prefers_the_top_level_functions_of_new_mlx() -> None:
     """New mlx deprecates ``mx.metal.*``: the top-level functions are the ones called."""
-    from pytest_mlxperf import mlx_memory
+    from pytest_mlxperf.backends import mlx_memory
 
     class Deprecated:
         def __getattr__(self, name: str) -> object:
@@ -161,7 +161,7 @@ def test_mlx_memory_prefers_the_top_level_functions_of_new_mlx() -> None:
 def test_importing_mlx_memory_imports_no_mlx() -> None:
     import subprocess
 
-    code = "import sys, pytest_mlxperf.mlx_memory; assert 'mlx' not in sys.modules"
+    code = "import sys, pytest_mlxperf.backends.mlx_memory; assert 'mlx' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -198,7 +198,7 @@ def test_usage_of_this_process_sees_an_allocation() -> None:
 
 
 def test_memory_growth_is_per_repetition_and_relative_to_the_start() -> None:
-    from pytest_mlxperf.measure import memory_samples
+    from pytest_mlxperf.measuring.measure import memory_samples
 
     steady = memory_samples([(100, 100, 0), (100, 101, 0), (101, 100, 0)])
     assert steady == {"memory_growth": [0.0, 0.01, -0.01]}  # no swap: no swap metric
@@ -209,8 +209,8 @@ def test_memory_growth_is_per_repetition_and_relative_to_the_start() -> None:
 
 
 def test_a_growth_baseline_near_zero_is_judged_by_difference_not_ratio() -> None:
-    from pytest_mlxperf.metrics import METRICS
-    from pytest_mlxperf.verdicts import Verdict, compare_metric
+    from pytest_mlxperf.stats.metrics import METRICS
+    from pytest_mlxperf.stats.verdicts import Verdict, compare_metric
 
     growth = METRICS["memory_growth"]
     assert growth.absolute and not growth.higher_is_better

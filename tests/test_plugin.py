@@ -29,7 +29,7 @@ def test_importing_the_plugin_imports_no_backend() -> None:
 
 
 def test_help_lists_every_option_with_its_ini_and_env_twin(pytester: pytest.Pytester) -> None:
-    from pytest_mlxperf.options import OPTIONS
+    from pytest_mlxperf.settings.options import OPTIONS
 
     result = pytester.runpytest("--help")
     text = result.stdout.str()

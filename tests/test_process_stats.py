@@ -8,9 +8,9 @@ import random
 
 import pytest
 
-from pytest_mlxperf.metrics import METRICS
-from pytest_mlxperf.process_stats import compare_processes, process_medians
-from pytest_mlxperf.verdicts import Verdict
+from pytest_mlxperf.stats.metrics import METRICS
+from pytest_mlxperf.stats.process_stats import compare_processes, process_medians
+from pytest_mlxperf.stats.verdicts import Verdict
 
 TPS = METRICS["generation_tps"]  # higher is better
 MEM = METRICS["peak_memory"]  # lower is better

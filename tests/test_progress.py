@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 
 from pytest_mlxperf import backends
-from pytest_mlxperf.measure import Repetitions, measure
-from pytest_mlxperf.progress import (
+from pytest_mlxperf.backends.worker import WorkerModel
+from pytest_mlxperf.measuring.measure import Repetitions, measure
+from pytest_mlxperf.measuring.progress import (
     MeasurementProgress,
     Progress,
     TerminalProgress,
     Tick,
     Ticker,
 )
-from pytest_mlxperf.worker import WorkerModel
-from pytest_mlxperf.workload import Workload
+from pytest_mlxperf.measuring.workload import Workload
 from tests.conftest import TINY_PERF_TEST
 
 pytestmark = pytest.mark.usefixtures("synth_cache")
@@ -129,7 +129,7 @@ def test_fine_tuning_in_a_worker_sends_its_progress_over_the_pipe(tmp_path: Path
 
     if importlib.util.find_spec("mlx_lm") is None:  # the worker imports it, not this process
         pytest.skip("mlx-lm is not installed")
-    from pytest_mlxperf.finetune import FinetuneWorkload, make_dataset
+    from pytest_mlxperf.backends.finetune import FinetuneWorkload, make_dataset
 
     data = make_dataset(tmp_path / "train.jsonl", n=4, tokens=40)
     workload = FinetuneWorkload(

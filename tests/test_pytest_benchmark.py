@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from packaging.version import Version
 
-from pytest_mlxperf import pytest_benchmark_bridge as bridge
-from pytest_mlxperf.results import ResultsError, load_results
+from pytest_mlxperf.interop import pytest_benchmark as bridge
+from pytest_mlxperf.store.results import ResultsError, load_results
 
 pytest.importorskip("pytest_benchmark")
 

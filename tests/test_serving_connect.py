@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from pytest_mlxperf.backends import check_repack
+from pytest_mlxperf.backends.sources import resolve
 from pytest_mlxperf.serving.launch import SERVER_KINDS, free_port
 from pytest_mlxperf.serving.server import TOKENIZERS, recognize
-from pytest_mlxperf.sources import resolve
 from tests.conftest import gone
 
 # llama-cpp-python overshoots in about 3 of 100 requests of the random synthetic model

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from pytest_mlxperf import machine
 from pytest_mlxperf import session as session_module
-from pytest_mlxperf.backends.base import LoadedModel, RawSample
-from pytest_mlxperf.config import Settings
-from pytest_mlxperf.measure import MeasurementError, derive_metrics, measure
-from pytest_mlxperf.progress import Ticker
+from pytest_mlxperf.host import machine
+from pytest_mlxperf.measuring.base import LoadedModel, RawSample
+from pytest_mlxperf.measuring.measure import MeasurementError, derive_metrics, measure
+from pytest_mlxperf.measuring.progress import Ticker
+from pytest_mlxperf.measuring.workload import Workload
 from pytest_mlxperf.session import PerfSession
-from pytest_mlxperf.verdicts import Verdict
-from pytest_mlxperf.workload import Workload
+from pytest_mlxperf.settings.config import Settings
+from pytest_mlxperf.stats.verdicts import Verdict
 from tests.test_machine import STEADY, ZEN4, ZEN5, scaled
 
 WL = Workload(prompt_tokens=100, generation_tokens=11)

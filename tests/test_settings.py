@@ -10,7 +10,7 @@ import typing
 
 import pytest
 
-from pytest_mlxperf.config import (
+from pytest_mlxperf.settings.config import (
     MARKER_HELP,
     MARKER_OPTIONS,
     Settings,
@@ -18,8 +18,8 @@ from pytest_mlxperf.config import (
     resolve,
     with_marker,
 )
-from pytest_mlxperf.metrics import METRICS
-from pytest_mlxperf.options import OPTIONS, OPTIONS_BY_NAME
+from pytest_mlxperf.settings.options import OPTIONS, OPTIONS_BY_NAME
+from pytest_mlxperf.stats.metrics import METRICS
 
 
 def test_settings_has_a_field_per_option_in_table_order_with_its_type_and_default() -> None:

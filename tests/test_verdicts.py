@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_mlxperf.metrics import METRICS
-from pytest_mlxperf.verdicts import Summary, Verdict, compare_metric, min_p_value, overall
+from pytest_mlxperf.stats.metrics import METRICS
+from pytest_mlxperf.stats.verdicts import Summary, Verdict, compare_metric, min_p_value, overall
 
 TPS = METRICS["generation_tps"]
 MEM = METRICS["peak_memory"]

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from pytest_mlxperf.backends import llamacpp_build
-from pytest_mlxperf.backends.base import BackendError, LoadedModel, RawSample
-from pytest_mlxperf.config import from_environment
-from pytest_mlxperf.packages import INSTALL_HINTS
-from pytest_mlxperf.sources import resolve
+from pytest_mlxperf.backends.sources import resolve
+from pytest_mlxperf.host.packages import INSTALL_HINTS
+from pytest_mlxperf.measuring.base import BackendError, LoadedModel, RawSample
+from pytest_mlxperf.settings.config import from_environment
 
 __all__ = [
     "BACKENDS",

@@ -28,12 +28,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from pytest_mlxperf import cpus, memory
-from pytest_mlxperf.backends.base import BackendError, LoadedModel, RawSample
 from pytest_mlxperf.backends.llamacpp_build import PACKAGE, buffer_types, build_facts
-from pytest_mlxperf.progress import Ticker
-from pytest_mlxperf.sources import ResolvedSource
-from pytest_mlxperf.workload import Workload
+from pytest_mlxperf.backends.sources import ResolvedSource
+from pytest_mlxperf.host import cpus, memory
+from pytest_mlxperf.measuring.base import BackendError, LoadedModel, RawSample
+from pytest_mlxperf.measuring.progress import Ticker
+from pytest_mlxperf.measuring.workload import Workload
 
 DEFAULT_N_BATCH = 512
 

@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pytest_mlxperf import memory, mlx_memory
-from pytest_mlxperf.backends.base import BackendError, LoadedModel, Measurement, RawSample
-from pytest_mlxperf.finetune import measure_finetune
-from pytest_mlxperf.progress import ProgressFn, Ticker
-from pytest_mlxperf.sources import ResolvedSource
-from pytest_mlxperf.workload import FinetuneWorkload, Workload
+from pytest_mlxperf.backends import mlx_memory
+from pytest_mlxperf.backends.finetune import measure_finetune
+from pytest_mlxperf.backends.sources import ResolvedSource
+from pytest_mlxperf.host import memory
+from pytest_mlxperf.measuring.base import BackendError, LoadedModel, Measurement, RawSample
+from pytest_mlxperf.measuring.progress import ProgressFn, Ticker
+from pytest_mlxperf.measuring.workload import FinetuneWorkload, Workload
 
 LLAMACPP_ONLY = ("flash_attn", "threads", "n_gpu_layers")
 
@@ -124,7 +125,7 @@ class MLXModel(LoadedModel):
         progress: ProgressFn | None = None,
     ) -> Measurement:
         """A LoRA (QLoRA on a quantized model) fine-tuning measurement with mlx-lm's trainer
-        (see ``pytest_mlxperf.finetune``)."""
+        (see ``pytest_mlxperf.backends.finetune``)."""
         return measure_finetune(
             self.model,
             self.tokenizer,

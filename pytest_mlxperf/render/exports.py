@@ -24,7 +24,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pytest_mlxperf.results import ResultsFile, metric_names, samples_of
+from pytest_mlxperf.store.results import ResultsFile, metric_names, samples_of
 
 # The pytest-benchmark release whose JSON layout ``pytest_benchmark`` mirrors (its "version").
 PYTEST_BENCHMARK_FORMAT = "5.2.3"

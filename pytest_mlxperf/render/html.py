@@ -14,10 +14,10 @@ import statistics
 from dataclasses import dataclass
 from html import escape
 
-from pytest_mlxperf.comparison import Comparison, Row
-from pytest_mlxperf.packages import versions, versions_label
+from pytest_mlxperf.gates.comparison import Comparison, Row
+from pytest_mlxperf.host.packages import versions, versions_label
 from pytest_mlxperf.render.text import explanations, format_change, format_p, summary_line
-from pytest_mlxperf.verdicts import Verdict
+from pytest_mlxperf.stats.verdicts import Verdict
 
 # statuses whose table cell is filled with their colour
 ATTENTION = {v.value for v in (Verdict.REGRESSION, Verdict.IMPROVEMENT, Verdict.INCONCLUSIVE)}

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from pytest_mlxperf.comparison import Comparison
+from pytest_mlxperf.gates.comparison import Comparison
 from pytest_mlxperf.render.text import (
     explanations,
     format_change,
@@ -11,7 +11,7 @@ from pytest_mlxperf.render.text import (
     format_p,
     summary_line,
 )
-from pytest_mlxperf.verdicts import Verdict
+from pytest_mlxperf.stats.verdicts import Verdict
 
 _MARK = {
     Verdict.REGRESSION.value: "🔴 **regression**",

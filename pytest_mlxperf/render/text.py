@@ -12,11 +12,11 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from pytest_mlxperf.comparison import Cell, Comparison
-from pytest_mlxperf.metrics import METRICS, Metric
-from pytest_mlxperf.process_stats import ProcessComparison
-from pytest_mlxperf.results import Record
-from pytest_mlxperf.verdicts import Verdict
+from pytest_mlxperf.gates.comparison import Cell, Comparison
+from pytest_mlxperf.stats.metrics import METRICS, Metric
+from pytest_mlxperf.stats.process_stats import ProcessComparison
+from pytest_mlxperf.stats.verdicts import Verdict
+from pytest_mlxperf.store.results import Record
 
 
 def aligned(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from pytest_mlxperf.packages import INSTALL_HINTS
+from pytest_mlxperf.host.packages import INSTALL_HINTS
 from pytest_mlxperf.serving.errors import ServerError
 
 

@@ -26,10 +26,10 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from pytest_mlxperf import memory
-from pytest_mlxperf.backends.base import Measurement
-from pytest_mlxperf.measure import Repetitions
-from pytest_mlxperf.progress import ProgressFn
+from pytest_mlxperf.host import memory
+from pytest_mlxperf.measuring.base import Measurement
+from pytest_mlxperf.measuring.measure import Repetitions
+from pytest_mlxperf.measuring.progress import ProgressFn
 from pytest_mlxperf.serving.client import RequestRecord
 from pytest_mlxperf.serving.errors import ServerError
 from pytest_mlxperf.serving.server import COMPLETIONS, Server

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pytest_mlxperf.backends.base import BackendError
+from pytest_mlxperf.measuring.base import BackendError
 
 
 class ServerError(BackendError):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_mlxperf import cpus
+from pytest_mlxperf.host import cpus
 from pytest_mlxperf.serving.errors import ServerError
 
 # servers that may still be running: stopped at interpreter exit if nobody else did
@@ -205,7 +205,8 @@ class ServerProcess:
         report = f"{self.kind.name} ({self.url}, pid {self.pid}) "
         if code is None or code >= 0:
             return report + f"exited with code {code}{self.log_note()}"
-        from pytest_mlxperf import backends, machine
+        from pytest_mlxperf import backends
+        from pytest_mlxperf.host import machine
 
         diagnosis = backends.crash_diagnosis(
             self.kind.backend,

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pytest_mlxperf import cpus as confinement  # serve's ``cpus`` is the cores
+from pytest_mlxperf.host import cpus as confinement  # serve's ``cpus`` is the cores
 from pytest_mlxperf.serving.client import Client
 from pytest_mlxperf.serving.errors import ServerError
 from pytest_mlxperf.serving.launch import SERVER_KINDS, ServerKind, ServerProcess
@@ -317,8 +317,8 @@ def check_server_available(backend: str, versions: Mapping[str, str] | None = No
     packages are not installed (looked up, not imported) or are a release whose counts cannot
     be trusted. ``versions``: the installed packages (``machine.package_versions()``)."""
     from pytest_mlxperf.backends import BackendUnavailable
-    from pytest_mlxperf.machine import package_versions
-    from pytest_mlxperf.packages import INSTALL_HINTS, below
+    from pytest_mlxperf.host.machine import package_versions
+    from pytest_mlxperf.host.packages import INSTALL_HINTS, below
 
     if backend not in SERVER_KINDS:
         raise ValueError(
@@ -358,7 +358,7 @@ def serve(
     the cores it is confined to (recorded in its identity as a count); ``repack``: llama.cpp's
     weight repacking (``None``: its default; off, part of the identity)."""
     from pytest_mlxperf.backends import check_repack
-    from pytest_mlxperf.sources import resolve
+    from pytest_mlxperf.backends.sources import resolve
 
     check_server_available(backend)
     repack = check_repack(backend, repack)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from pytest_mlxperf.packages import INSTALL_HINTS
+from pytest_mlxperf.host.packages import INSTALL_HINTS
 
 
 class SynthError(ValueError):

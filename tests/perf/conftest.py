@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pytest_mlxperf.sources import SourceError, resolve
+from pytest_mlxperf.backends.sources import SourceError, resolve
 
 SEED_ENV = "MLXPERF_SEED"
 # float32 stands in for bf16 off macOS: float16/bfloat16 are many times slower on MLX's CPU

@@ -32,11 +32,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_mlxperf.ab import ABError, ABRun, Environment
-from pytest_mlxperf.comparison import Comparison, compare_groups
-from pytest_mlxperf.files import atomic_write
-from pytest_mlxperf.results import InputError
-from pytest_mlxperf.verdicts import Verdict
+from pytest_mlxperf.gates.ab import ABError, ABRun, Environment
+from pytest_mlxperf.gates.comparison import Comparison, compare_groups
+from pytest_mlxperf.stats.verdicts import Verdict
+from pytest_mlxperf.store.files import atomic_write
+from pytest_mlxperf.store.results import InputError
 
 SAME, DIFFERS, SKIPPED, UNDECIDED = "same", "differs", "skipped", "undecided"
 ENV_LIMIT = 12  # environments kept in the cache; the least recently used go first
@@ -456,56 +456,17 @@ class BisectResult:
             f"{self.good} (the last one that does not: {self.last_same})"
         )
 
-    def table(self) -> str:
-        from pytest_mlxperf.render.text import aligned
-
-        names = list(self.followed)
-        rows = []
+    def in_order(self) -> list[Tested]:
+        """The tested versions in release order (``render.bisect`` shows them so)."""
         by_version = {t.version: t for t in self.tested}
-        for version in self.releases:
-            t = by_version.get(version)
-            if t is None:
-                continue
-            rows.append([version, t.outcome, *(t.changes.get(n, "") for n in names), t.note])
-        short = [n.split("::")[-1] for n in names]
-        return aligned(["version", "outcome", *short, "note"], rows)
-
-    def markdown(self, machine: str, command: str, held: str) -> str:
-        """A snippet for an upstream issue: the finding, the table, the machine, what was held
-        fixed, and the command that reproduces it."""
-        followed = ", ".join(f"`{n}` ({v} at {self.bad})" for n, v in self.followed.items())
-        lines = [
-            f"**{self.summary()}.**",
-            "",
-            f"Followed: {followed}",
-            "",
-            "| version | outcome | "
-            + " | ".join(f"`{n.split(' ')[-1]}`" for n in self.followed)
-            + " |",
-            "|---|---|" + "---:|" * len(self.followed),
-        ]
-        by_version = {t.version: t for t in self.tested}
-        for version in self.releases:
-            t = by_version.get(version)
-            if t is not None:
-                cells = " | ".join(t.changes.get(n, "") for n in self.followed)
-                lines.append(f"| {version} | {t.outcome} | {cells} |")
-        lines += [
-            "",
-            f"Machine: `{machine}`. Held fixed in every environment: {held}. Each version "
-            f"judged against {self.package} {self.good} by an interleaved A/B run (fresh "
-            "processes, rounds alternating, per-process medians paired by round, 99% CI).",
-            "",
-            f"Reproduce: `{command}`",
-        ]
-        return "\n".join(lines) + "\n"
+        return [by_version[v] for v in self.releases if v in by_version]
 
 
 def all_groups_comparison(run: BisectRun) -> Comparison | None:
     """Every tested version's processes side by side against the good version's (from the
     first gate that has them), for one HTML report across versions."""
-    from pytest_mlxperf.comparison import ResultsGroup
-    from pytest_mlxperf.results import load_results
+    from pytest_mlxperf.gates.comparison import ResultsGroup
+    from pytest_mlxperf.store.results import load_results
 
     groups = []
     good_files: list[Path] = []

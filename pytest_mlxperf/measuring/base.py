@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from pytest_mlxperf import memory
-from pytest_mlxperf.progress import ProgressFn, Ticker
-from pytest_mlxperf.workload import FinetuneWorkload, Workload, WorkloadLike
+from pytest_mlxperf.host import memory
+from pytest_mlxperf.measuring.progress import ProgressFn, Ticker
+from pytest_mlxperf.measuring.workload import FinetuneWorkload, Workload, WorkloadLike
 
 
 class BackendError(RuntimeError):

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pytest_mlxperf.baseline import pooled_samples
-from pytest_mlxperf.canary import canary_shifts, describe_shift, pooled_canary
-from pytest_mlxperf.config import Settings
-from pytest_mlxperf.identity import differences, measurement_differences
-from pytest_mlxperf.machine import missing_cpu_detail
-from pytest_mlxperf.measure import Measurement
-from pytest_mlxperf.metrics import METRICS
-from pytest_mlxperf.results import PerfResult
-from pytest_mlxperf.verdicts import MetricComparison, Verdict, compare_metric, overall
+from pytest_mlxperf.host.machine import missing_cpu_detail
+from pytest_mlxperf.measuring.measure import Measurement
+from pytest_mlxperf.settings.config import Settings
+from pytest_mlxperf.stats.canary import canary_shifts, describe_shift, pooled_canary
+from pytest_mlxperf.stats.identity import differences, measurement_differences
+from pytest_mlxperf.stats.metrics import METRICS
+from pytest_mlxperf.stats.verdicts import MetricComparison, Verdict, compare_metric, overall
+from pytest_mlxperf.store.baseline import pooled_samples
+from pytest_mlxperf.store.results import PerfResult
 
 # units of the metrics that a faster or slower machine moves (time, and rates over time)
 TIMED_UNITS = ("s", "tok/s", "it/s")

@@ -32,8 +32,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_mlxperf.backends.base import Measurement
-from pytest_mlxperf.measure import Repetitions
+from pytest_mlxperf.measuring.base import Measurement
+from pytest_mlxperf.measuring.measure import Repetitions
 
 Timer = Callable[[], float]
 RESOLUTION_ROUNDS = 1000  # a round lasts at least this many steps of the timer

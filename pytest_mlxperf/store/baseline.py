@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pytest_mlxperf.files import JSONFileError, atomic_write, lock_for, read_json
-from pytest_mlxperf.metrics import sample_problem
-from pytest_mlxperf.packages import versions
+from pytest_mlxperf.host.packages import versions
+from pytest_mlxperf.stats.metrics import sample_problem
+from pytest_mlxperf.store.files import JSONFileError, atomic_write, lock_for, read_json
 
 SCHEMA_VERSION = 1
 ENTRY_FIELDS = {

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_mlxperf.metrics import Metric
+from pytest_mlxperf.stats.metrics import Metric
 
 
 def min_p_value(n_baseline: int, n_current: int) -> float:

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from pytest_mlxperf.backends.base import LoadedModel, Measurement, RawSample
-from pytest_mlxperf.progress import TICK_EVERY, Progress, ProgressFn, Ticker
-from pytest_mlxperf.workload import Workload
+from pytest_mlxperf.measuring.base import LoadedModel, Measurement, RawSample
+from pytest_mlxperf.measuring.progress import TICK_EVERY, Progress, ProgressFn, Ticker
+from pytest_mlxperf.measuring.workload import Workload
 
 T = TypeVar("T")
 

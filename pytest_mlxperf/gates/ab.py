@@ -26,8 +26,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pytest_mlxperf.comparison import Comparison, ResultsGroup, compare_groups
-from pytest_mlxperf.results import InputError, ResultsFile, load_results, write_json
+from pytest_mlxperf.gates.comparison import Comparison, ResultsGroup, compare_groups
+from pytest_mlxperf.store.results import InputError, ResultsFile, load_results, write_json
 
 ORDERS = ("alternate", "random")
 OUTPUT_TAIL = 25  # lines of a failed process's output shown in the error

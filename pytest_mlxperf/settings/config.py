@@ -12,8 +12,8 @@ import functools
 from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pytest_mlxperf.metrics import METRICS
-from pytest_mlxperf.options import OPTIONS, OPTIONS_BY_NAME, Option
+from pytest_mlxperf.settings.options import OPTIONS, OPTIONS_BY_NAME, Option
+from pytest_mlxperf.stats.metrics import METRICS
 
 _T = TypeVar("_T")
 

@@ -26,11 +26,12 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from pytest_mlxperf import backends, cpus, machine
-from pytest_mlxperf.backends.base import BackendError, LoadedModel, Measurement, RawSample
-from pytest_mlxperf.measure import MeasurementError
-from pytest_mlxperf.progress import ProgressFn, Ticker
-from pytest_mlxperf.workload import FinetuneWorkload, Workload
+from pytest_mlxperf import backends
+from pytest_mlxperf.host import cpus, machine
+from pytest_mlxperf.measuring.base import BackendError, LoadedModel, Measurement, RawSample
+from pytest_mlxperf.measuring.measure import MeasurementError
+from pytest_mlxperf.measuring.progress import ProgressFn, Ticker
+from pytest_mlxperf.measuring.workload import FinetuneWorkload, Workload
 
 _POLL = 0.02
 # Errors whose message says all a user needs (a model that does not exist, a bad workload):

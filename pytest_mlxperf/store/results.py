@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from pytest_mlxperf import __version__
-from pytest_mlxperf.files import JSONFileError, atomic_write, read_json
-from pytest_mlxperf.measure import Measurement
-from pytest_mlxperf.metrics import METRICS, sample_problem
-from pytest_mlxperf.packages import sorted_packages, versions, versions_label, versions_line
-from pytest_mlxperf.pytest_benchmark_bridge import is_pytest_benchmark_document
-from pytest_mlxperf.pytest_benchmark_bridge import results_document as pytest_benchmark_results
-from pytest_mlxperf.verdicts import MetricComparison, Verdict
+from pytest_mlxperf.host.packages import sorted_packages, versions, versions_label, versions_line
+from pytest_mlxperf.interop.pytest_benchmark import is_pytest_benchmark_document
+from pytest_mlxperf.interop.pytest_benchmark import results_document as pytest_benchmark_results
+from pytest_mlxperf.measuring.measure import Measurement
+from pytest_mlxperf.stats.metrics import METRICS, sample_problem
+from pytest_mlxperf.stats.verdicts import MetricComparison, Verdict
+from pytest_mlxperf.store.files import JSONFileError, atomic_write, read_json
 
 # One measurement's record in a results file (``PerfResult.to_json()``).
 Record = dict[str, Any]

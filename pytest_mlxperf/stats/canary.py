@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from pytest_mlxperf.metrics import Metric, sample_problem
-from pytest_mlxperf.verdicts import MetricComparison, Verdict, compare_metric
+from pytest_mlxperf.stats.metrics import Metric, sample_problem
+from pytest_mlxperf.stats.verdicts import MetricComparison, Verdict, compare_metric
 
 # Timed trials per kernel (one untimed warm-up trial first). Five reach a Mann-Whitney
 # p < 0.05 against a one-run baseline (best possible p = 1/252).

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
 from typing import Any
 
-from pytest_mlxperf.packages import PACKAGES
+from pytest_mlxperf.host.packages import PACKAGES
 
 # What a fingerprint says about the CPU beyond its name, per system. The name alone does not
 # tell machines apart: a VM may show only "AMD EPYC" for CPUs of different generations that

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_mlxperf.packages import INSTALL_HINTS
+from pytest_mlxperf.host.packages import INSTALL_HINTS
 
 SYNTH_PREFIX = "synth:"
 _CHUNK = 1 << 20

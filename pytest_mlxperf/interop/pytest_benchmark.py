@@ -46,10 +46,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pytest_mlxperf import __version__, machine
-from pytest_mlxperf.backends.base import Measurement
-from pytest_mlxperf.callables import block_medians, round_runner
-from pytest_mlxperf.options import OPTIONS_BY_NAME
+from pytest_mlxperf import __version__
+from pytest_mlxperf.host import machine
+from pytest_mlxperf.measuring.base import Measurement
+from pytest_mlxperf.measuring.callables import block_medians, round_runner
+from pytest_mlxperf.settings.options import OPTIONS_BY_NAME
 
 BACKEND = "pytest-benchmark"
 LABEL = "benchmark"

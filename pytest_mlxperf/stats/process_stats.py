@@ -32,8 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_mlxperf.metrics import Metric
-from pytest_mlxperf.verdicts import Summary, Verdict
+from pytest_mlxperf.stats.metrics import Metric
+from pytest_mlxperf.stats.verdicts import Summary, Verdict
 
 # one-sided z for 95% power, used for the minimum detectable effect
 _Z_POWER = 1.6448536269514722

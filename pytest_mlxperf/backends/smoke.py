@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from pytest_mlxperf import backends
-from pytest_mlxperf.measure import measure
-from pytest_mlxperf.workload import Workload
+from pytest_mlxperf.measuring.measure import measure
+from pytest_mlxperf.measuring.workload import Workload
 
 SMOKE_SOURCE = "synth:tiny"
 # the least that runs the whole path: a prefill and one decode
@@ -68,7 +68,7 @@ def smoke(
     """Measure ``SMOKE_WORKLOAD`` once on ``SMOKE_SOURCE`` with ``backend`` in a worker. A
     llama.cpp default that dies of the known AMX crash is tried again with repacking off.
     ``cpu_flags``: the CPU's, for the diagnosis (this machine's when not given)."""
-    from pytest_mlxperf.worker import WorkerModel
+    from pytest_mlxperf.backends.worker import WorkerModel
 
     result = Smoke(backend, repack)
     try:

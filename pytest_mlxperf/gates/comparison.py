@@ -24,18 +24,19 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from pytest_mlxperf.identity import differences, measurement_differences
-from pytest_mlxperf.metrics import METRICS, Metric
-from pytest_mlxperf.options import OPTIONS_BY_NAME
-from pytest_mlxperf.packages import (
+from pytest_mlxperf.host.packages import (
     packages_changed,
     sorted_packages,
     versions,
     versions_label,
     versions_line,
 )
-from pytest_mlxperf.process_stats import MIN_PROCESSES, ProcessComparison, compare_processes
-from pytest_mlxperf.results import (
+from pytest_mlxperf.settings.options import OPTIONS_BY_NAME
+from pytest_mlxperf.stats.identity import differences, measurement_differences
+from pytest_mlxperf.stats.metrics import METRICS, Metric
+from pytest_mlxperf.stats.process_stats import MIN_PROCESSES, ProcessComparison, compare_processes
+from pytest_mlxperf.stats.verdicts import MetricComparison, Verdict, compare_metric
+from pytest_mlxperf.store.results import (
     InputError,
     Record,
     ResultsFile,
@@ -44,7 +45,6 @@ from pytest_mlxperf.results import (
     recorded_tolerance,
     samples_of,
 )
-from pytest_mlxperf.verdicts import MetricComparison, Verdict, compare_metric
 
 DEFAULT_ALPHA: float = OPTIONS_BY_NAME["alpha"].default
 SINGLE_PROCESS_NOTE = (

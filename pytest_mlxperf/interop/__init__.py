@@ -1,0 +1,1 @@
+"""Other tools' formats and fixtures: pytest-benchmark's fixture and JSON."""
