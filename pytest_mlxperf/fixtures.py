@@ -196,7 +196,7 @@ def gate_benchmark(item: pytest.Item, fixture: Any) -> None:
     blocks = perf.settings.repetitions
     take, retimable = bridge.take_measurements(fixture, item.nodeid, blocks)
     settings = perf.settings if retimable else dataclasses.replace(perf.settings, confirm=0)
-    key = bridge.measurement_key(item.nodeid)
+    key = bridge.benchmark_key(item.nodeid)
     result = perf._record(lambda: perf._session.gate(item.nodeid, key, take, None, settings))
     result.notes.insert(0, bridge.timing_note(fixture, blocks))
 

@@ -14,7 +14,8 @@ from pytest_mlxperf import backends
 from pytest_mlxperf.backends.worker import WorkerModel
 from pytest_mlxperf.gates.judge import judge
 from pytest_mlxperf.host import cpus, machine, memory
-from pytest_mlxperf.measuring.callables import time_callable
+from pytest_mlxperf.measuring.base import CALLABLE, measurement_key
+from pytest_mlxperf.measuring.callables import CallableWorkload, time_callable
 from pytest_mlxperf.measuring.measure import Measurement, measure
 from pytest_mlxperf.measuring.progress import MeasurementProgress, ProgressFn, ProgressSink
 from pytest_mlxperf.measuring.workload import Workload
@@ -30,8 +31,8 @@ from pytest_mlxperf.store.results import PerfResult
 def _model_key(
     model: backends.LoadedModel | serving.Server, workload: Any, name: str | None
 ) -> str:
-    """A measurement's key within its test: the given name, or backend, model and workload."""
-    return name or f"{model.backend}:{model.identity['name']}:{workload.label}"
+    """A measurement's key within its test (``measurement_key``)."""
+    return measurement_key(model.backend, model.identity["name"], workload.label, name)
 
 
 def _restarter(model: backends.LoadedModel) -> Callable[[], None] | None:
@@ -84,7 +85,6 @@ class PerfSession:
         self.xdist_dir: Path | None = None
         self.canary: dict[str, list[float]] | None = None  # timed before the first measurement
         self.progress: ProgressSink | None = None  # where progress is shown (the plugin sets it)
-        self.reporting: ProgressFn | None = None  # the progress of the measurement being taken
 
     @cached_property
     def fingerprint(self) -> dict[str, Any]:
@@ -192,7 +192,7 @@ class PerfSession:
         return self.gate(
             nodeid,
             _model_key(model, workload, name),
-            lambda: self._measure(model, workload, settings),
+            lambda progress: self._measure(model, workload, settings, progress),
             model.load_time,
             settings,
             _restarter(model),
@@ -210,13 +210,13 @@ class PerfSession:
         return self.gate(
             nodeid,
             _model_key(server, workload, name),
-            lambda: measure_server(
+            lambda progress: measure_server(
                 server,
                 workload,
                 warmup=settings.warmup,
                 repetitions=settings.repetitions,
                 cooldown=settings.cooldown,
-                progress=self.reporting,
+                progress=progress,
             ),
             server.load_time,
             settings,
@@ -236,8 +236,8 @@ class PerfSession:
         return self.gate(
             nodeid,
             _model_key(model, workload, name),
-            lambda: model.finetune(
-                workload, settings.warmup, settings.repetitions, progress=self.reporting
+            lambda progress: model.finetune(
+                workload, settings.warmup, settings.repetitions, progress=progress
             ),
             model.load_time,
             settings,
@@ -256,7 +256,7 @@ class PerfSession:
         """Time a user's callable end to end and gate the ``duration`` (see ``gate``)."""
         label = name or getattr(fn, "__qualname__", None) or repr(fn)
 
-        def take() -> Measurement:
+        def take(progress: ProgressFn | None) -> Measurement:
             return time_callable(
                 fn,
                 args,
@@ -267,7 +267,8 @@ class PerfSession:
                 cooldown=settings.cooldown,
             )
 
-        return self.gate(nodeid, f"call:{label}", take, None, settings, self.restart_processes)
+        key = measurement_key(CALLABLE, label, CallableWorkload(label).label)
+        return self.gate(nodeid, key, take, None, settings, self.restart_processes)
 
     def restart_processes(self) -> None:
         """Fresh processes for every server and worker model this session started: a timed
@@ -284,7 +285,7 @@ class PerfSession:
         self,
         nodeid: str,
         key: str,
-        take: Callable[[], Measurement],
+        take: Callable[[ProgressFn | None], Measurement],
         load_time: float | None,
         settings: Settings,
         fresh_process: Callable[[], None] | None = None,
@@ -292,7 +293,8 @@ class PerfSession:
         """Take a measurement (under the machine-wide measurement lock), judge it against the
         baseline (re-taking it to confirm a regression, in a fresh worker process where there
         is one: processes differ more than repetitions, so a confirmation in the same process
-        would repeat its luck), save it if asked, and record the result."""
+        would repeat its luck), save it if asked, and record the result. ``take`` is given
+        where its progress goes (``None`` where it is not shown)."""
         if any(r.nodeid == nodeid and r.key == key for r in self.results):
             raise ValueError(
                 f"{nodeid} measured {key!r} twice; give each measurement its own name= argument"
@@ -306,11 +308,7 @@ class PerfSession:
                     self.canary = run_canary()
                 if watch is not None:
                     watch.begin(stage)
-                self.reporting = watch
-                try:
-                    return take()
-                finally:
-                    self.reporting = None
+                return take(watch)
 
         result = self.judge(nodeid, key, locked_take(), load_time, settings)
         for attempt in range(1, settings.confirm + 1):
@@ -336,7 +334,11 @@ class PerfSession:
         return result
 
     def _measure(
-        self, model: backends.LoadedModel, workload: Workload, settings: Settings
+        self,
+        model: backends.LoadedModel,
+        workload: Workload,
+        settings: Settings,
+        progress: ProgressFn | None,
     ) -> Measurement:
         if isinstance(model, WorkerModel) and model.used and not self.memory_resettable:
             model.restart()
@@ -346,7 +348,7 @@ class PerfSession:
             warmup=settings.warmup,
             repetitions=settings.repetitions,
             cooldown=settings.cooldown,
-            progress=self.reporting,
+            progress=progress,
         )
 
     def judge(

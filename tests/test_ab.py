@@ -40,7 +40,7 @@ PYTHON = sys.executable
 def ab(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "test_suite.py").write_text(SUITE)
     return subprocess.run(
-        ["mlxperf", "ab", *args, "--", "test_suite.py"],
+        [sys.executable, "-m", "pytest_mlxperf.cli", "ab", *args, "--", "test_suite.py"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -133,7 +133,16 @@ def test_existing_results_are_never_overwritten(tmp_path: Path) -> None:
 def test_a_failing_process_stops_the_run_with_its_output(tmp_path: Path) -> None:
     (tmp_path / "test_broken.py").write_text("def test_broken(mlxperf):\n    assert 0, 'boom'\n")
     done = subprocess.run(
-        ["mlxperf", "ab", f"--env=A={PYTHON}", f"--env=B={PYTHON}", "--", "test_broken.py"],
+        [
+            sys.executable,
+            "-m",
+            "pytest_mlxperf.cli",
+            "ab",
+            f"--env=A={PYTHON}",
+            f"--env=B={PYTHON}",
+            "--",
+            "test_broken.py",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -159,7 +168,7 @@ def test_compare_pools_processes_per_version(tmp_path: Path) -> None:
         new = make_document(make_record(seed=20 + i, scale={"prompt_tps": 0.8}, packages=newer))
         paths += [write(tmp_path / f"old{i}.json", old), write(tmp_path / f"new{i}.json", new)]
     done = subprocess.run(
-        ["mlxperf", "compare", "--pool", *map(str, paths)],
+        [sys.executable, "-m", "pytest_mlxperf.cli", "compare", "--pool", *map(str, paths)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -169,6 +178,9 @@ def test_compare_pools_processes_per_version(tmp_path: Path) -> None:
     assert "prompt_tps" in done.stdout and "processes=3/3" in done.stdout
     # without --pool each file is its own side, judged by repetitions
     unpooled = subprocess.run(
-        ["mlxperf", "compare", *map(str, paths[:2])], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "pytest_mlxperf.cli", "compare", *map(str, paths[:2])],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert "processes=" not in unpooled.stdout and "Mann-Whitney" in unpooled.stdout

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -132,14 +133,22 @@ def test_the_environment_cache_is_bounded_and_cleaned(tmp_path: Path) -> None:
 
 def test_the_command_needs_its_arguments_and_cleans_on_request(tmp_path: Path) -> None:
     done = subprocess.run(
-        ["mlxperf", "bisect", "--env-dir", str(tmp_path / "envs")],
+        [sys.executable, "-m", "pytest_mlxperf.cli", "bisect", "--env-dir", str(tmp_path / "envs")],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode == 2 and "needs PACKAGE GOOD BAD" in done.stderr
     done = subprocess.run(
-        ["mlxperf", "bisect", "--clean", "--env-dir", str(tmp_path / "envs")],
+        [
+            sys.executable,
+            "-m",
+            "pytest_mlxperf.cli",
+            "bisect",
+            "--clean",
+            "--env-dir",
+            str(tmp_path / "envs"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -28,7 +28,12 @@ METRICS_PER_MEASUREMENT = 5  # prompt_tps, generation_tps, ttft, peak_memory, lo
 
 
 def mlxperf(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["mlxperf", *map(str, args)], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_mlxperf.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture

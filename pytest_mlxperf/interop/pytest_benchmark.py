@@ -48,8 +48,9 @@ from typing import Any
 
 from pytest_mlxperf import __version__
 from pytest_mlxperf.host import machine
-from pytest_mlxperf.measuring.base import Measurement
+from pytest_mlxperf.measuring.base import Measurement, measurement_key
 from pytest_mlxperf.measuring.callables import block_medians, round_runner
+from pytest_mlxperf.measuring.progress import ProgressFn
 from pytest_mlxperf.settings.options import OPTIONS_BY_NAME
 
 BACKEND = "pytest-benchmark"
@@ -121,9 +122,9 @@ def measurement_name(nodeid: str) -> str:
     return nodeid.split("::", 1)[-1]
 
 
-def measurement_key(nodeid: str) -> str:
-    """The measurement's key within its test (and its baseline file)."""
-    return f"{BACKEND}:{measurement_name(nodeid)}:{LABEL}"
+def benchmark_key(nodeid: str) -> str:
+    """The key of a ``benchmark`` fixture's measurement within its test (``measurement_key``)."""
+    return measurement_key(BACKEND, measurement_name(nodeid), LABEL)
 
 
 def stopping_rule(options: Mapping[str, Any], where: str) -> tuple[float | None, float | None]:
@@ -312,14 +313,15 @@ def retime(fixture: Any, call: TimedCall, nodeid: str, blocks: int) -> Measureme
 
 def take_measurements(
     fixture: Any, nodeid: str, blocks: int
-) -> tuple[Callable[[], Measurement], bool]:
+) -> tuple[Callable[[ProgressFn | None], Measurement], bool]:
     """A ``take`` for ``PerfSession.gate``: the fixture's own measurement first, then fresh
     re-timings of its recorded call (to confirm a regression); and whether re-timing is
-    possible (it is not if ``record_calls`` did not see the call)."""
+    possible (it is not if ``record_calls`` did not see the call). Progress is not shown:
+    pytest-benchmark shows its own."""
     first = [fixture_measurement(fixture, nodeid, blocks)]
     call = recorded_call(fixture)
 
-    def take() -> Measurement:
+    def take(progress: ProgressFn | None) -> Measurement:
         if first:
             return first.pop()
         assert call is not None  # the caller turns confirmation off otherwise
@@ -443,7 +445,7 @@ def _record(index: int, bench: Any, provenance: dict[str, Any], blocks: int) -> 
     packages = extra.get("packages") if isinstance(extra.get("packages"), dict) else {}
     return {
         "test": fullname,
-        "key": measurement_key(fullname),
+        "key": benchmark_key(fullname),
         "backend": m.backend,
         "model": m.model,
         "workload": workload.identity(),

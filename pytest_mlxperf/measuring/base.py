@@ -66,6 +66,21 @@ class Measurement:
     build: dict[str, Any] = field(default_factory=dict)
 
 
+# the backend of a timed callable's measurement, which has no model: its key is its workload's
+CALLABLE = "callable"
+
+
+def measurement_key(
+    backend: str, model_name: str, workload_label: str, name: str | None = None
+) -> str:
+    """A measurement's key within its test, as baselines and results files store it: the name
+    the test gave it, else backend, model and workload (``mlx:synth:tiny:pp128+tg64``); a timed
+    callable's is its workload's label (``call:NAME``)."""
+    if name:
+        return name
+    return workload_label if backend == CALLABLE else f"{backend}:{model_name}:{workload_label}"
+
+
 class LoadedModel(abc.ABC):
     """A model loaded by one backend, ready to run repetitions of a workload."""
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_mlxperf.measuring.base import Measurement
+from pytest_mlxperf.measuring.base import CALLABLE, Measurement
 from pytest_mlxperf.measuring.measure import Repetitions
 
 Timer = Callable[[], float]
@@ -189,7 +189,7 @@ def time_callable(
 
     blocks, _ = dataclasses.replace(protocol, warmup=warmup - 1 if warmup else 0).run(block)
     return Measurement(
-        backend="callable",
+        backend=CALLABLE,
         model={"name": name},
         workload=CallableWorkload(name),
         samples={"duration": [b.median for b in blocks]},

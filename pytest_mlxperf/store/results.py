@@ -21,6 +21,7 @@ from pytest_mlxperf import __version__
 from pytest_mlxperf.host.packages import sorted_packages, versions, versions_label, versions_line
 from pytest_mlxperf.interop.pytest_benchmark import is_pytest_benchmark_document
 from pytest_mlxperf.interop.pytest_benchmark import results_document as pytest_benchmark_results
+from pytest_mlxperf.measuring.base import measurement_key
 from pytest_mlxperf.measuring.measure import Measurement
 from pytest_mlxperf.stats.metrics import METRICS, sample_problem
 from pytest_mlxperf.stats.verdicts import MetricComparison, Verdict
@@ -285,5 +286,7 @@ def display_label(record: Record) -> str:
     """``test_name[param] pp128+tg64``: the test without its module, and the workload label
     (or the measurement's own name when the test gave it one)."""
     short = record["test"].split("::", 1)[-1]
-    default_key = f"{record['backend']}:{record['model'].get('name')}:{record['workload_label']}"
+    default_key = measurement_key(
+        record["backend"], record["model"].get("name"), record["workload_label"]
+    )
     return f"{short} {record['workload_label'] if record['key'] == default_key else record['key']}"
