@@ -1,9 +1,13 @@
-"""The ``mlxperf`` command: ``mlxperf synth`` builds synthetic models, ``mlxperf machine`` shows
-the fingerprint that baselines are keyed on; ``mlxperf compare``, ``mlxperf report`` and
-``mlxperf export`` turn results files (``pytest --mlxperf --mlxperf-json PATH``, e.g. one per
-mlx version of a tox matrix) into a verdict table, an HTML report and other tools' formats.
+"""The ``mlxperf`` command: ``mlxperf synth`` builds synthetic models; ``mlxperf machine`` is a
+first look at a machine (the fingerprint baselines are keyed on, each backend's build and a
+smoke test); ``mlxperf compare``, ``mlxperf report`` and ``mlxperf export`` turn results files
+(``pytest --mlxperf --mlxperf-json PATH``, e.g. one per mlx version of a tox matrix) into a
+verdict table, an HTML report and other tools' formats; ``mlxperf ab`` gates one environment
+against another in interleaved rounds of fresh processes; ``mlxperf bisect`` finds the release
+of a package that changed a suite's numbers.
 
-Exit status: 0 fine, 1 ``compare`` found a regression, 2 bad input (message on stderr)."""
+Exit status: 0 fine, 1 a regression found (``compare``, ``ab``), a smoke test failed
+(``machine``) or no release found (``bisect``), 2 bad input (message on stderr)."""
 
 from __future__ import annotations
 

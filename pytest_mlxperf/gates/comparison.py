@@ -33,7 +33,7 @@ from pytest_mlxperf.host.packages import (
 )
 from pytest_mlxperf.settings.options import OPTIONS_BY_NAME
 from pytest_mlxperf.stats.identity import differences, measurement_differences
-from pytest_mlxperf.stats.metrics import METRICS, Metric
+from pytest_mlxperf.stats.metrics import METRICS, Metric, tolerance_of
 from pytest_mlxperf.stats.process_stats import MIN_PROCESSES, ProcessComparison, compare_processes
 from pytest_mlxperf.stats.verdicts import MetricComparison, Verdict, compare_metric
 from pytest_mlxperf.store.results import (
@@ -313,11 +313,11 @@ def _cell(
     if before is None or after is None:
         side = "the reference" if before is None else "this file"
         return Cell(number, other, record, None, reason=f"{name} not recorded in {side}")
-    tolerance = (
-        judging.tolerances.get(name)
-        or recorded_tolerance(record, name)
-        or recorded_tolerance(ref_record, name)
-        or metric.default_tolerance
+    tolerance = tolerance_of(
+        name,
+        judging.tolerances.get(name),
+        recorded_tolerance(record, name),
+        recorded_tolerance(ref_record, name),
     )
     ref_runs, runs = reference.processes(key, name), other.processes(key, name)
     comparison: MetricComparison | ProcessComparison

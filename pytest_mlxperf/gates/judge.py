@@ -36,9 +36,8 @@ def judge(
     machine (``None``: none recorded) and the entries of the same measurement recorded on
     ``others`` machines; returns ``result``."""
     measurement: Measurement = result.measurement
-    result.tolerances = {
-        name: settings.tolerance_for(name) for name in result.all_samples if METRICS[name].gated
-    }
+    tolerances = {name: settings.tolerance_for(name) for name in result.all_samples}
+    result.tolerances = {name: t for name, t in tolerances.items() if METRICS[name].gated}
     if entry is None:
         if others:
             result.verdict = Verdict.NOT_COMPARABLE
@@ -72,7 +71,7 @@ def judge(
             METRICS[name],
             baseline[name],
             samples,
-            tolerance=settings.tolerance_for(name),
+            tolerance=tolerances[name],
             alpha=settings.alpha,
         )
         for name, samples in result.all_samples.items()

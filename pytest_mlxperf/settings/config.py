@@ -13,7 +13,7 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pytest_mlxperf.settings.options import OPTIONS, OPTIONS_BY_NAME, Option
-from pytest_mlxperf.stats.metrics import METRICS
+from pytest_mlxperf.stats.metrics import tolerance_of
 
 _T = TypeVar("_T")
 
@@ -52,7 +52,7 @@ class Settings:
 
     def tolerance_for(self, metric_name: str) -> float:
         """The metric's tolerance: the one set for this run or test, else the metric's own."""
-        return self.tolerance.get(metric_name, METRICS[metric_name].default_tolerance)
+        return tolerance_of(metric_name, self.tolerance.get(metric_name))
 
 
 def resolve(

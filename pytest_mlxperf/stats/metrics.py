@@ -265,6 +265,14 @@ def metric(name: str) -> Metric:
         raise ValueError(f"unknown metric {name!r}; known metrics: {', '.join(METRICS)}") from None
 
 
+def tolerance_of(name: str, *chosen: float | None) -> float:
+    """The tolerance that applies to metric ``name``: the first of ``chosen`` that is set, most
+    specific first (a test's or command line's, then one recorded with a result), else the
+    metric's own default. The one precedence rule of the in-session judge and of the offline
+    comparison."""
+    return next((t for t in chosen if t), METRICS[name].default_tolerance)
+
+
 def sample_problem(samples: Any, *, known_only: bool) -> str | None:
     """What is wrong with a ``{metric: [values]}`` mapping read from a file, or ``None``: each
     list non-empty, each value a finite number >= 0, and (``known_only``) each metric known.

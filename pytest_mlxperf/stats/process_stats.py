@@ -2,9 +2,9 @@
 several separate processes, both beyond tolerance and real?
 
 Why: on a shared machine the medians of separate processes of unchanged code differ far more
-than the repetitions inside one process (DESIGN.md, "Hard facts"), so a test that counts every
-repetition as independent evidence overstates it, and one process per side cannot tell a
-version from a lucky process. Here each process contributes one number, the median of its
+than the repetitions inside one process (benchmarks/README.md measures both), so a test that
+counts every repetition as independent evidence overstates it, and one process per side cannot
+tell a version from a lucky process. Here each process contributes one number, the median of its
 repetitions, and the comparison is on log ratios of those medians:
 
 - **paired** (rounds of an interleaved A/B run, ABBA...): ``d_i = ln(B_i / A_i)`` for round i,
