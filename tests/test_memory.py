@@ -44,7 +44,7 @@ def in_fresh_process(code: str) -> list[int]:
     this test process depend on what earlier tests left in its allocator (freed but resident
     memory is reused without the RSS growing)."""
     done = subprocess.run(
-        [sys.executable, "-c", "from pytest_mlxperf import memory\n" + textwrap.dedent(code)],
+        [sys.executable, "-c", "from pytest_mlxperf.host import memory\n" + textwrap.dedent(code)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -270,7 +270,7 @@ def test_kept_caches_are_flagged_by_memory_growth_and_the_same_test_without_them
         pytest.skip("mlx-lm is not installed")
     # built beforehand, not in the measuring process: what a build leaves behind settles during
     # the first timed repetition there, a one-off growth in the baseline (a user's model is built)
-    build = "from pytest_mlxperf import sources; sources.resolve('mlx', 'synth:tiny')"
+    build = "from pytest_mlxperf.backends import sources; sources.resolve('mlx', 'synth:tiny')"
     subprocess.run([sys.executable, "-c", build], check=True)
     pytester.makepyfile(test_suite=KEEPS_CACHES)
     args = ("--mlxperf", "--mlxperf-isolate", "no", "--mlxperf-confirm", "0")
