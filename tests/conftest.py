@@ -62,6 +62,33 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [f"llama.cpp (build {build}), smoke test with its defaults: {result.describe()}"]
 
 
+def below_minimum(package: str, minimum: str) -> str | None:
+    """The installed ``package``'s version where it is older than ``minimum``, else ``None``."""
+    from importlib.metadata import version
+
+    from pytest_mlxperf.host.packages import below
+
+    return below({package: version(package)}, package, minimum)
+
+
+def skip_below(package: str, minimum: str, what: str) -> None:
+    """Skip where the installed ``package`` is older than the ``minimum`` that ``what`` needs:
+    the product refuses there with the reason (tested on its own), and the rest of the suite
+    still runs on every declared floor (``tox -e lowest``)."""
+    found = below_minimum(package, minimum)
+    if found is not None:
+        pytest.skip(f"{what} needs {package} >= {minimum}; this is {found}")
+
+
+def skip_without_repack_setting() -> None:
+    """Skip where llama-cpp-python cannot turn weight repacking off (``llama_model_params`` has
+    no ``use_extra_bufts``: llama-cpp-python 0.3.10, the declared floor)."""
+    from pytest_mlxperf.backends.llamacpp import can_turn_repacking_off
+
+    if not can_turn_repacking_off():
+        pytest.skip("this llama-cpp-python's llama.cpp has no use_extra_bufts (repacking off)")
+
+
 @pytest.fixture(scope="session")
 def llamacpp_probe() -> Any:
     """The session's probe of llama.cpp's defaults (``smoke.Smoke``); ``None`` where it did not

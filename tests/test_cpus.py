@@ -12,9 +12,11 @@ import pytest
 from pytest_mlxperf.host import cpus
 from pytest_mlxperf.measuring.measure import measure
 from pytest_mlxperf.measuring.workload import Workload
+from pytest_mlxperf.serving.server import MLX_SERVER_USAGE_FIXED
 from pytest_mlxperf.session import PerfSession
 from pytest_mlxperf.settings.config import Settings
 from pytest_mlxperf.settings.options import parse_cpus
+from tests.conftest import skip_below
 
 LINUX = sys.platform.startswith("linux")
 
@@ -70,6 +72,7 @@ def test_a_worker_and_a_server_run_on_their_cores_only(tmp_path: Path) -> None:
     """Real processes: an MLX worker (whose backend starts threads after it took its core) and
     a started mlx_lm.server; the count is in their identities, so results on fewer cores are
     never compared with results on all."""
+    skip_below("mlx-lm", MLX_SERVER_USAGE_FIXED, "measuring mlx_lm.server")
     session = PerfSession(Settings(cpus=1, confirm=0), tmp_path)
     (core,) = session.cpus
     try:

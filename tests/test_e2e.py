@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, TINY_PERF_TEST
+from tests.conftest import REPO, TINY_PERF_TEST, skip_below
 
 EXAMPLE = REPO / "tests" / "perf" / "test_example_perf.py"
 BASELINE = "baselines/test_example_perf.json"
@@ -161,6 +161,10 @@ def test_users_callable_is_timed_and_gated(
 
 @pytest.mark.usefixtures("synth_cache")
 def test_finetune_is_measured_in_the_worker_and_gated(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("mlx_lm")
+    from pytest_mlxperf.backends.finetune import MIN_MLX_LM
+
+    skip_below("mlx-lm", MIN_MLX_LM, "fine-tuning")
     pytester.makepyfile(
         test_lora="""
         from pytest_mlxperf.finetune import make_dataset

@@ -25,6 +25,7 @@ from pytest_mlxperf.backends import finetune, sources
 from pytest_mlxperf.backends.finetune import FinetuneSample, FinetuneWorkload
 from pytest_mlxperf.measuring.measure import Measurement
 from pytest_mlxperf.stats.metrics import METRICS
+from tests.conftest import skip_below
 
 SEQ = 64
 BASE = dict(iterations=2, warmup_iterations=1, batch_size=2, num_layers=-1, max_seq_length=SEQ)
@@ -58,6 +59,7 @@ def _logits(model: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def qlora(synth_cache: Path, dataset: Path) -> dict[str, Any]:
+    skip_below("mlx-lm", finetune.MIN_MLX_LM, "fine-tuning")
     """The QLoRA lever on the 4-bit tiny model, which is then released: the allocator peak
     counts every array the process holds, so each model is measured with no other resident."""
     loaded = _load("4bit")

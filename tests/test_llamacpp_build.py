@@ -20,6 +20,7 @@ from pytest_mlxperf import backends
 from pytest_mlxperf.backends import llamacpp_build as build
 from pytest_mlxperf.host.packages import versions, versions_line
 from pytest_mlxperf.measuring.workload import Workload
+from tests.conftest import skip_without_repack_setting
 
 pytest.importorskip("llama_cpp")
 pytestmark = pytest.mark.usefixtures("synth_cache")
@@ -90,6 +91,7 @@ def test_the_known_crash_is_named_only_where_it_applies(
 
 
 def test_repacking_off_leaves_the_weights_as_the_file_has_them() -> None:
+    skip_without_repack_setting()
     on = backends.load("llamacpp", "synth:tiny@Q4_0", repack=True)
     off = backends.load("llamacpp", "synth:tiny@Q4_0", repack=False)
     try:
@@ -141,6 +143,7 @@ def _killed_worker(repack: bool | None, facts: dict[str, Any], sig: int) -> str:
 
 
 def test_a_worker_killed_on_an_amx_build_names_the_crash_and_both_remedies() -> None:
+    skip_without_repack_setting()
     message = _killed_worker(True, AMX_FACTS, signal.SIGSEGV)
     assert "was killed by SIGSEGV during run" in message
     assert "#20824" in message and "GGML_NATIVE=OFF" in message
@@ -170,6 +173,7 @@ def test_a_server_killed_on_an_amx_build_names_the_crash(synth_cache: Path) -> N
 
 def test_a_started_server_runs_with_repacking_off(synth_cache: Path) -> None:
     pytest.importorskip("uvicorn")
+    skip_without_repack_setting()
     from pytest_mlxperf.serving.bench import ServeWorkload, measure_server
     from pytest_mlxperf.serving.server import serve
 

@@ -20,7 +20,7 @@ from pytest_mlxperf.measuring.progress import (
     Ticker,
 )
 from pytest_mlxperf.measuring.workload import Workload
-from tests.conftest import TINY_PERF_TEST
+from tests.conftest import TINY_PERF_TEST, skip_below
 
 pytestmark = pytest.mark.usefixtures("synth_cache")
 
@@ -129,7 +129,9 @@ def test_fine_tuning_in_a_worker_sends_its_progress_over_the_pipe(tmp_path: Path
 
     if importlib.util.find_spec("mlx_lm") is None:  # the worker imports it, not this process
         pytest.skip("mlx-lm is not installed")
-    from pytest_mlxperf.backends.finetune import FinetuneWorkload, make_dataset
+    from pytest_mlxperf.backends.finetune import MIN_MLX_LM, FinetuneWorkload, make_dataset
+
+    skip_below("mlx-lm", MIN_MLX_LM, "fine-tuning")
 
     data = make_dataset(tmp_path / "train.jsonl", n=4, tokens=40)
     workload = FinetuneWorkload(

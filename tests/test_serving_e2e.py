@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from tests.conftest import REPO
+from pytest_mlxperf.serving.server import MLX_SERVER_USAGE_FIXED
+from tests.conftest import REPO, skip_below
 from tests.test_e2e import scale
 
 SUITE = REPO / "tests" / "perf" / "test_server_perf.py"
@@ -22,6 +23,7 @@ FAST = ["--mlxperf", "--mlxperf-tolerance", "100%", "-k", "one_user or pipeline"
 
 @pytest.mark.usefixtures("synth_cache")
 def test_example_server_suite_gates_both_servers(pytester: pytest.Pytester) -> None:
+    skip_below("mlx-lm", MLX_SERVER_USAGE_FIXED, "measuring mlx_lm.server")
     pytester.makepyfile(test_server_perf=SUITE.read_text())
     saved = pytester.runpytest_subprocess(
         *FAST, "--mlxperf-save-baselines", "--mlxperf-json", "r.json"

@@ -18,8 +18,14 @@ import pytest
 from pytest_mlxperf.serving.bench import ServeWorkload, measure_server
 from pytest_mlxperf.serving.errors import ServerError
 from pytest_mlxperf.serving.launch import free_port
-from pytest_mlxperf.serving.server import COMPLETIONS, Server, connect, serve
-from tests.conftest import gone
+from pytest_mlxperf.serving.server import (
+    COMPLETIONS,
+    MLX_SERVER_USAGE_FIXED,
+    Server,
+    connect,
+    serve,
+)
+from tests.conftest import gone, skip_below
 from tests.faultproxy import FaultProxy
 
 MLX = ("mlx", "synth:tiny@4bit")
@@ -33,6 +39,7 @@ ONE = ServeWorkload(prompt_tokens=128, generation_tokens=32, requests=1)
 
 @pytest.fixture(scope="module")
 def mlx_server(synth_cache: Path) -> Iterator[Server]:
+    skip_below("mlx-lm", MLX_SERVER_USAGE_FIXED, "measuring mlx_lm.server")
     server = serve(*MLX, cache_dir=synth_cache, timeout=60)
     yield server
     server.close()
@@ -138,10 +145,11 @@ def test_crash_mid_stream_says_the_server_died_and_its_signal(
     """Either server; llama-cpp-python's (uvicorn) breaks its connections a moment before it
     can be reaped, mlx_lm.server's HTTP/1.0 stream may end as if cleanly."""
     source, running = (MLX, "mlx_server") if backend == "mlx" else (GGUF, "gguf_server")
+    running_server = request.getfixturevalue(running)  # skips where that server is refused
     server = serve(*source, cache_dir=synth_cache, timeout=60)
     assert server.process is not None
     pid, name = server.process.pid, server.process.kind.name
-    caught, proxy_url = kill_mid_stream(server, request.getfixturevalue(running))
+    caught, proxy_url = kill_mid_stream(server, running_server)
     assert len(caught) == 1 and isinstance(caught[0], ServerError), caught
     message = str(caught[0])
     assert "the server died" in message

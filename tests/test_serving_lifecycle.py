@@ -11,10 +11,17 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, gone
+from pytest_mlxperf.serving.server import MLX_SERVER_USAGE_FIXED
+from tests.conftest import REPO, below_minimum, gone
 from tests.test_e2e import scale
 
-pytestmark = pytest.mark.usefixtures("synth_cache")
+pytestmark = [
+    pytest.mark.usefixtures("synth_cache"),
+    pytest.mark.skipif(
+        below_minimum("mlx-lm", MLX_SERVER_USAGE_FIXED) is not None,
+        reason=f"these sessions measure mlx_lm.server, from mlx-lm {MLX_SERVER_USAGE_FIXED} on",
+    ),
+]
 
 RECORD = """
 import os

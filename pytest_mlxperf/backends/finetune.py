@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_mlxperf.backends import mlx_memory
 from pytest_mlxperf.host import memory
 from pytest_mlxperf.host.packages import below
-from pytest_mlxperf.measuring.base import BackendError, Measurement
+from pytest_mlxperf.measuring.base import Measurement
 from pytest_mlxperf.measuring.measure import MeasurementError, Repetitions
 from pytest_mlxperf.measuring.progress import ProgressFn
 from pytest_mlxperf.measuring.workload import FinetuneWorkload
@@ -259,14 +259,18 @@ def load_dataset(tokenizer: TokenizerWrapper, workload: FinetuneWorkload) -> Any
 
 
 def _check_mlx_lm() -> None:
-    """Refuse, with the reason, an mlx-lm whose trainer this module cannot drive."""
+    """Refuse, with the reason and the install command, an mlx-lm whose trainer this module
+    cannot drive: what it needs is not installed (a test skips, as for a missing backend)."""
     from importlib.metadata import version
+
+    from pytest_mlxperf.backends import BackendUnavailable
 
     found = below({"mlx-lm": version("mlx-lm")}, "mlx-lm", MIN_MLX_LM)
     if found is not None:
-        raise BackendError(
+        raise BackendUnavailable(
             f"fine-tuning measurements need mlx-lm >= {MIN_MLX_LM} (its trainer runs without a "
-            f"validation set and seeds its batches); found mlx-lm {found}"
+            f'validation set and seeds its batches); found mlx-lm {found}: pip install "mlx-lm>='
+            f'{MIN_MLX_LM}"'
         )
 
 

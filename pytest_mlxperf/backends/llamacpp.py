@@ -56,17 +56,25 @@ def default_threads(cores: frozenset[int] | None = None) -> int:
     return min(threads, len(usable)) if usable else threads
 
 
+def can_turn_repacking_off() -> bool:
+    """Whether the installed llama-cpp-python's llama.cpp has ``use_extra_bufts`` (releases
+    before mid-2025, such as 0.3.10, do not: they cannot load without repacking)."""
+    import llama_cpp.llama_cpp as lib
+
+    return "use_extra_bufts" in {name for name, *_ in lib.llama_model_params._fields_}
+
+
 @contextlib.contextmanager
 def repacking(repack: bool | None) -> Iterator[None]:
     """Weight repacking on or off for the models llama-cpp-python loads inside (``None``:
     llama.cpp's default, on). ``Llama(...)`` has no argument for it: it builds its model
     parameters from ``llama_model_default_params()``, which is wrapped for the time inside."""
-    if repack is None:
+    if repack is None or (repack and not can_turn_repacking_off()):  # on: the default
         yield
         return
     import llama_cpp.llama_cpp as lib
 
-    if "use_extra_bufts" not in {name for name, *_ in lib.llama_model_params._fields_}:
+    if not can_turn_repacking_off():
         raise BackendError(
             "this llama-cpp-python's llama.cpp has no use_extra_bufts: weight repacking cannot "
             'be turned off; pip install -U "llama-cpp-python"'
