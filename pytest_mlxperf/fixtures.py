@@ -172,10 +172,7 @@ class MlxPerf:
 
     def _record(self, gate: Callable[[], PerfResult]) -> PerfResult:
         """Run a gated measurement; keep its result for the test's verdict and the report."""
-        try:
-            result = gate()
-        except CLEAR_ERRORS as exc:
-            fail_with_message(exc)
+        result = skip_or_fail(gate)
         self._item.stash.setdefault(RESULTS_KEY, []).append(result)
         return result
 

@@ -236,6 +236,7 @@ def test_hang_is_bounded_by_the_timeout(mlx_server: Server) -> None:
 def test_server_that_fails_to_start(backend: str, tmp_path: Path) -> None:
     """Not a model: the server's own error from its log, within seconds, and no process."""
     if backend == "mlx":
+        skip_below("mlx-lm", MLX_SERVER_USAGE_FIXED, "measuring mlx_lm.server")
         source = tmp_path / "not-a-model"
         source.mkdir()
         (source / "config.json").write_text('{"model_type": "llama"}')
