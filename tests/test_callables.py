@@ -101,12 +101,15 @@ def test_side_by_side(benchmark, measurement):
 """
 
 
-def test_a_microsecond_callable_gets_a_figure_as_stable_as_pytest_benchmarks(
+def test_a_microsecond_callable_is_timed_as_pytest_benchmark_times_it(
     pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Side by side in one process, alternating (pytest-mlxperf, then pytest-benchmark's own
-    ``benchmark`` fixture, five times): the CV of each tool's samples (what its statistics
-    see), and the CV of its figure (the median) over the five measurements."""
+    ``benchmark`` fixture, five times): both tools see the same per-call time, and our samples
+    are block medians, one per repetition. Which tool's figure is steadier is a measurement,
+    printed here and studied in benchmarks/pytest_benchmark_aa.py: on this project's VMs a slow
+    moment of a few seconds decides it (one run: sample CV 3% ours, 44% theirs; another 30%
+    ours, 4% theirs), so no single run can assert it."""
     pytest.importorskip("pytest_benchmark")
     pytester.makepyfile(test_side_by_side=SIDE_BY_SIDE)
     run = pytester.runpytest_subprocess(
@@ -124,7 +127,9 @@ def test_a_microsecond_callable_gets_a_figure_as_stable_as_pytest_benchmarks(
             f"{sample_cv[0]:.2%}, pytest-benchmark {sample_cv[1]:.2%}; CV of the median over 5 "
             f"measurements: pytest-mlxperf {figure_cv[0]:.2%}, pytest-benchmark {figure_cv[1]:.2%}"
         )
-    assert sample_cv[0] <= sample_cv[1] * 1.1
-    # the median's CV over 5 measurements is itself noisy at the 1-3% level in one process
-    # (both tools measured 0.8-5.5% here, either one ahead): within 3 points of pytest-benchmark's
-    assert figure_cv[0] <= max(figure_cv[1] * 2, figure_cv[1] + 0.03)
+    assert all(len(s) == 5 and min(s) > 0 for s in ours)  # one block median per repetition
+    ratio = statistics.median(map(statistics.median, ours)) / statistics.median(
+        map(statistics.median, theirs)
+    )
+    assert 1 / 3 < ratio < 3, ratio  # the same callable: the same microseconds, give or take a
+    # slow moment (up to 2x here)

@@ -38,8 +38,9 @@ def work(n):
 
 
 def slowed(n):
-    # SLOW=1 does the work three times: a real slowdown of this function only
-    repeats = 3 if os.environ.get("SLOW") else 1
+    # SLOW=1 does the work ten times: a real slowdown of this function only, far beyond the
+    # 1.4-2x that a slow moment of this project's VMs gives a microsecond benchmark for seconds
+    repeats = 10 if os.environ.get("SLOW") else 1
     return [work(n) for _ in range(repeats)][-1]
 
 
@@ -47,7 +48,8 @@ def test_steady(benchmark):
     benchmark(work, 2000)
 
 
-@pytest.mark.mlxperf(tolerance={"duration": "25%"})
+# the marker's tolerance wins over the command line's (both wide: see WIDE)
+@pytest.mark.mlxperf(tolerance={"duration": "150%"})
 def test_marked(benchmark):
     benchmark.pedantic(work, args=(2000,), rounds=30, iterations=3)
 
@@ -56,6 +58,11 @@ def test_slowed(benchmark):
     benchmark(slowed, 2000)
 """
 FAST = ("-p", "no:cacheprovider", "--benchmark-max-time=0.1")
+# Microsecond benchmarks are timed within one moment of their process, and on this project's
+# VMs a moment can run 1.4-2x slower for seconds: an unchanged run measured +75% at 10%, and the
+# re-timing in the same moment confirmed it. The suite's runs judge at 100% (SLOW=1 is +900%):
+# what is tested here is the plumbing, not the sensitivity.
+WIDE = "--mlxperf-tolerance=duration=100%"
 
 
 def run_pytest(folder: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -90,7 +97,7 @@ def skip_if_the_machine_changed(records: list[dict[str, Any]]) -> None:
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The suite recorded twice as a baseline, then run unchanged and with ``slowed`` 3x
+    """The suite recorded twice as a baseline, then run unchanged and with ``slowed`` 10x
     slower, each run also writing pytest-benchmark's JSON."""
     folder = tmp_path_factory.mktemp("pb_suite")
     (folder / "test_suite.py").write_text(SUITE, encoding="utf-8")
@@ -100,6 +107,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "same": run_pytest(
             folder,
             "--mlxperf",
+            WIDE,
             "--mlxperf-json=same.json",
             "--junitxml=junit.xml",
             "--benchmark-json=pb_same.json",
@@ -110,6 +118,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "slow": run_pytest(
             folder,
             "--mlxperf",
+            WIDE,
             "--mlxperf-json=slow.json",
             "--benchmark-json=pb_slow.json",
             SLOW="1",
@@ -153,21 +162,23 @@ def test_a_slowed_function_fails_exactly_its_test(suite: dict[str, Any]) -> None
         "confirmed by re-measurement 1 of 1",
     ):
         assert line in slow.stdout
-    assert "duration: " in slow.stdout and "tolerance 10%, Mann-Whitney p=" in slow.stdout
+    assert "duration: " in slow.stdout and "tolerance 100%, Mann-Whitney p=" in slow.stdout
     (record,) = [
         r
         for r in json.loads((suite["folder"] / "slow.json").read_text())["results"]
         if r["verdict"] == "regression"
     ]
     (comparison,) = record["comparisons"]
-    assert 1.5 < comparison["change"] < 3.5  # about +200%: three times the work
+    # ten times the work is +900%; a slow moment of the machine under the baseline or the run
+    # moves a microsecond benchmark by up to 2x either way (3x the work measured +62%..+125%)
+    assert 3.0 < comparison["change"] < 20.0
 
 
 def test_marker_tolerance_and_junit_properties_apply(suite: dict[str, Any]) -> None:
     records = json.loads((suite["folder"] / "same.json").read_text())["results"]
     tolerances = {r["test"].split("::")[1]: r["tolerances"] for r in records}
-    assert tolerances["test_marked"] == {"duration": 0.25}
-    assert tolerances["test_steady"] == {"duration": 0.10}
+    assert tolerances["test_marked"] == {"duration": 1.5}  # marker > command line
+    assert tolerances["test_steady"] == {"duration": 1.0}
     xml = (suite["folder"] / "junit.xml").read_text()
     assert '<property name="mlxperf.pytest-benchmark:test_steady:benchmark.duration"' in xml
 
@@ -186,7 +197,10 @@ def test_compare_and_report_read_pytest_benchmark_json(suite: dict[str, Any]) ->
     folder = suite["folder"]
     same = mlxperf("compare", folder / "pb_same.json", folder / "pb_same.json")
     assert same.returncode == 0, same.stderr
-    run = mlxperf("compare", folder / "pb_same.json", folder / "pb_slow.json")
+    # the others unchanged, within what a slow moment of the machine moves them (up to 2x)
+    run = mlxperf(
+        "compare", folder / "pb_same.json", folder / "pb_slow.json", "--tolerance=duration=100%"
+    )
     assert run.returncode == 1, run.stdout + run.stderr
     (row,) = [line for line in run.stdout.splitlines() if "regression" in line and "test_" in line]
     assert "test_slowed" in row
