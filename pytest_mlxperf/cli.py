@@ -47,11 +47,12 @@ def _machine(args: argparse.Namespace) -> int:
         packages = {p: installed[p] for p in BACKEND_PACKAGES[name] if p in installed}
         result = smoke(name) if not args.no_smoke else None
         build = result.build if result is not None else {}
+        shown_versions = versions({"packages": packages, "builds": build})
         shown["backends"][name] = {
-            "versions": versions({"packages": packages, "builds": build}),
+            "versions": shown_versions,
             "smoke": result.to_json() if result is not None else None,
         }
-        lines.append(f"{name}: {versions_label(versions({'packages': packages, 'builds': build}))}")
+        lines.append(f"{name}: {versions_label(shown_versions)}")
         for facts in build.values():
             lines.append(f"  build: {facts['system_info']}")
             lines.append(f"  weights: {', '.join(facts['buffers']) or 'unknown'}")

@@ -102,9 +102,7 @@ class PerfSession:
         """Load a model once per session (in its own worker unless ``isolate`` is off); later
         calls reuse it, and a worker that died is replaced. ``repack``: llama.cpp's weight
         repacking, by default the session's (``--mlxperf-repack``)."""
-        if backend == "llamacpp" and repack is None:
-            repack = self.settings.repack
-        repack = backends.check_repack(backend, repack)
+        repack = backends.check_repack(backend, repack, self.settings.repack)
         key = (backend, source, repack)
         cached = self.models.get(key)
         if isinstance(cached, WorkerModel) and not cached.alive:
@@ -140,9 +138,7 @@ class PerfSession:
         """Start ``backend``'s server on ``source`` once per session (``serving.server.serve``);
         later calls reuse it, and a server that died is started again. ``repack``: llama.cpp's
         weight repacking, by default the session's (``--mlxperf-repack``)."""
-        if backend == "llamacpp" and repack is None:
-            repack = self.settings.repack
-        repack = backends.check_repack(backend, repack)
+        repack = backends.check_repack(backend, repack, self.settings.repack)
         key = (backend, source, repr(repack), *args)
         server = self.servers.get(key)
         if server is not None and not server.alive:

@@ -253,3 +253,17 @@ def test_a_change_of_build_is_named_in_the_verdict(tmp_path: Path) -> None:
         session.close()
     version = result.provenance["packages"]["llama-cpp-python"]
     assert f"llama-cpp-python {version} (AVX2, AMX) -> {version} ({label})" in result.report()
+
+
+def test_a_smoke_test_that_runs_only_with_repacking_off_says_so() -> None:
+    """What conftest's probe and ``mlxperf machine`` decide on, with the AMX crash injected."""
+    from pytest_mlxperf.backends.smoke import Smoke
+
+    crashed = Smoke("llamacpp", None, ok=False, error="killed by SIGSEGV", diagnosis="#20824")
+    assert not crashed.runs_with_repack_off_only  # repacking off not tried (yet)
+    crashed.repack_off = Smoke("llamacpp", False, ok=True, seconds=0.5)
+    assert crashed.runs_with_repack_off_only
+    assert "with repacking off (--mlxperf-repack off): ok" in crashed.describe()
+    crashed.repack_off.ok = False
+    assert not crashed.runs_with_repack_off_only
+    assert not Smoke("llamacpp", None, ok=True).runs_with_repack_off_only

@@ -51,16 +51,20 @@ def check_available(backend: str) -> None:
         )
 
 
-def check_repack(backend: str, repack: bool | None) -> bool | None:
-    """``repack`` for ``backend``: as given, else (llama.cpp) the environment's
-    ``MLXPERF_REPACK``, so that a model loaded or a server started outside a session follows
-    the setting as a session's does; ``None``: llama.cpp's default. Weight repacking is a
-    llama.cpp load setting: ``ValueError`` for any other backend given one."""
+def check_repack(backend: str, repack: bool | None, default: bool | None = None) -> bool | None:
+    """``repack`` for ``backend``: as given, else ``default`` (a session's setting), else (for
+    llama.cpp) the environment's ``MLXPERF_REPACK``, so that a model loaded or a server
+    started outside a session follows the setting as a session's does; ``None``: llama.cpp's
+    default. Weight repacking is a llama.cpp load setting: ``ValueError`` for any other backend
+    given one (a default does not apply to it)."""
     if backend != "llamacpp":
         if repack is not None:
             raise ValueError(f"repack is a llama.cpp load setting; backend {backend!r} has none")
         return None
-    return repack if repack is not None else from_environment("repack", os.environ)
+    for chosen in (repack, default):
+        if chosen is not None:
+            return chosen
+    return from_environment("repack", os.environ)
 
 
 def crash_diagnosis(

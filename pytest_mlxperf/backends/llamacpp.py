@@ -69,16 +69,17 @@ def repacking(repack: bool | None) -> Iterator[None]:
     """Weight repacking on or off for the models llama-cpp-python loads inside (``None``:
     llama.cpp's default, on). ``Llama(...)`` has no argument for it: it builds its model
     parameters from ``llama_model_default_params()``, which is wrapped for the time inside."""
-    if repack is None or (repack and not can_turn_repacking_off()):  # on: the default
-        yield
-        return
-    import llama_cpp.llama_cpp as lib
-
-    if not can_turn_repacking_off():
+    settable = repack is not None and can_turn_repacking_off()
+    if repack is False and not settable:
         raise BackendError(
             "this llama-cpp-python's llama.cpp has no use_extra_bufts: weight repacking cannot "
             'be turned off; pip install -U "llama-cpp-python"'
         )
+    if not settable:  # llama.cpp's default, or on where it cannot be anything else
+        yield
+        return
+    import llama_cpp.llama_cpp as lib
+
     original = lib.llama_model_default_params
 
     def params() -> Any:

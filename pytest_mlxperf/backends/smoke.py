@@ -82,16 +82,14 @@ def smoke(
         model = WorkerModel(
             backend, SMOKE_SOURCE, cache_dir, timeout, repack=repack, cpu_flags=cpu_flags
         )
-        result.build = dict(model.build)
         measure(model, SMOKE_WORKLOAD, warmup=0, repetitions=1)
         result.ok = True
     except (backends.BackendError, ValueError, OSError) as exc:
         result.ok, result.error = False, str(exc)
         result.diagnosis = getattr(exc, "diagnosis", None)
-        if model is not None:
-            result.build = dict(model.build)
     finally:
-        if model is not None:
+        if model is not None:  # what it reported of its build before any crash
+            result.build = dict(model.build)
             model.close()
     result.seconds = time.perf_counter() - started
     if result.diagnosis and model is not None and model.repack is None:
